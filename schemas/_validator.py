@@ -41,7 +41,7 @@ class EventValidator:
         self._label = label
         self._json_schema = dict(json_schema)
         self._fast: _Check = fastjsonschema.compile(self._json_schema)
-        self._explain: _Check | None = None  # the collect-every-error twin, compiled on first failure
+        self._collect: _Check | None = None  # the collect-every-error twin, compiled on first failure
         self._names = tuple(name for name, _ in fields)
         self._known = frozenset(self._names)
         self._types = {name: field.type for name, field in fields}
@@ -57,27 +57,31 @@ class EventValidator:
             if not isinstance(event, Mapping):
                 return None, [f"event: expected an object of field names to values, got {describe(event)}"]
             event = dict(event)
-        problems: dict[str, str] = {}
-        unknown: list[str] = []
-        failure = ""
         try:
             self._fast(event)
         except fastjsonschema.JsonSchemaValueException as exc:
-            failure = exc.message
-            problems, unknown = self._structure(event)
+            return None, self._explain(event, exc.message)
+        out = {name: event.get(name) for name in self._names}
+        problems: dict[str, str] = {}
+        self._normalize(out, problems)
+        if problems:  # the compiled check already enforced require_any; normalizing keeps values non-null
+            return None, [problems[name] for name in self._names if name in problems]
+        return out, []
+
+    def _explain(self, event: dict[Any, Any], failure: str) -> list[str]:
+        """One line per problem of an event the compiled check refused, in field order."""
+        problems, unknown = self._structure(event)
         out = {name: event.get(name) for name in self._names}
         self._normalize(out, problems)
         lines = [problems[name] for name in self._names if name in problems]
         lines += unknown
         lines += self._missing_groups(out, problems)
-        if failure and not lines:  # the compiled and per-field checks disagree: still refuse
-            lines = [f"event: {failure}"]
-        return (None, lines) if lines else (out, lines)
+        return lines or [f"event: {failure}"]  # the two compiled checks disagree: still refuse
 
     def _structure(self, event: dict[Any, Any]) -> tuple[dict[str, str], list[str]]:
         """Every structural problem of a failing event: missing, unknown and mistyped fields."""
-        if self._explain is None:
-            self._explain = fastjsonschema.compile(self._json_schema, fast_fail=False)
+        if self._collect is None:
+            self._collect = fastjsonschema.compile(self._json_schema, fast_fail=False)
         problems = {name: f"{name}: required field missing" for name in self._required if name not in event}
         unknown = [
             f"unknown field {key!r} (not in {self._label}; add it to the schema or drop it)"
@@ -85,7 +89,7 @@ class EventValidator:
         ]
         errors: list[fastjsonschema.JsonSchemaValueException] = []
         try:
-            self._explain(event)
+            self._collect(event)
         except fastjsonschema.JsonSchemaValuesException as exc:
             errors = exc.errors
         except fastjsonschema.JsonSchemaValueException as exc:
