@@ -1,0 +1,262 @@
+"""Aggregation state: the one definition of every aggregation function.
+
+An aggregation is computed from mergeable *stats* (partial aggregates):
+
+    n   count of non-null values (column '*': of events)
+    s   sum                       m2  sum of squared deviations from the mean
+    mn  minimum                   mx  maximum
+    lt, lk, lq, lv   the newest value and its order (event_time, tie, seq)
+    et  newest event time of any event in the group (for freshness and age)
+
+`stat_sql` gives the SQL that computes the stats over any set of rows: a
+micro-batch tile in the stream path, a tile of the offline log in
+materialization, the window of one training row in the batch path. `merge`
+combines two stat vectors (serving merges tiles with it; the stream path's
+Redis script implements the same rules from `TileLayout.ops`), and
+`finalize` / `finalize_sql` turn stats into the feature value. Nothing else
+computes an aggregate.
+
+"Newest" orders by (event_time, tie, seq): `tie` is the ingest time for
+stream events (created time for batch rows) and `seq` the position in the
+source (partition * 2**40 + offset), so ties resolve by ingest order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from feature_store.definitions import Aggregation, FeatureView
+
+__all__ = [
+    "NEWEST_EVENT",
+    "NO_ORDER",
+    "SEQ_PARTITION_SHIFT",
+    "Stat",
+    "TileLayout",
+    "empty_stats",
+    "finalize",
+    "finalize_sql",
+    "merge",
+    "stat_sql",
+    "tile_layouts",
+]
+
+NO_ORDER = -(2**53)
+"""Order value of an empty 'last' stat; below any real time or offset and exact in a double."""
+
+SEQ_PARTITION_SHIFT = 2**40
+"""seq = partition * SEQ_PARTITION_SHIFT + offset (exact in a double for < 8192 partitions)."""
+
+_STATS_FOR: dict[str, tuple[str, ...]] = {
+    "count": ("n",),
+    "sum": ("n", "s"),
+    "mean": ("n", "s"),
+    "stddev": ("n", "s", "m2"),
+    "min": ("n", "mn"),
+    "max": ("n", "mx"),
+    "last": ("lt", "lk", "lq", "lv"),
+}
+_STAT_ORDER = ("et", "n", "s", "m2", "mn", "mx", "lt", "lk", "lq", "lv")
+
+
+@dataclass(frozen=True, order=True)
+class Stat:
+    """One partial aggregate of one column, e.g. Stat('amount', 's')."""
+
+    column: str
+    stat: str
+
+    @property
+    def label(self) -> str:
+        """Column name used in SQL results and readable dumps: 's.amount', 'n.*'."""
+        return f"{self.stat}.{self.column}"
+
+
+NEWEST_EVENT = Stat("*", "et")
+"""Kept in every tile: the newest event time, so readers know a value's age."""
+
+
+def stats_for(agg: Aggregation) -> list[Stat]:
+    return [Stat(agg.column, s) for s in _STATS_FOR[agg.function]]
+
+
+@dataclass(frozen=True)
+class TileLayout:
+    """The stat vector kept per tile for one view and hop, in a fixed order.
+
+    The order is derived from the definition alone, so the writer and every
+    reader agree without coordination.
+    """
+
+    view: str
+    hop_ms: int
+    stats: tuple[Stat, ...]
+    aggregations: tuple[Aggregation, ...]
+
+    def index(self, column: str, stat: str) -> int:
+        return self.stats.index(Stat(column, stat))
+
+    @property
+    def max_window_ms(self) -> int:
+        return max(a.window_ms for a in self.aggregations)
+
+    @property
+    def ops(self) -> list[str]:
+        """Merge rule per position, for the Redis script (1-based positions, as Lua indexes).
+
+        add | newest | min:<n> | max:<n> | m2:<n>:<s> | last (on lt, then lk, lq, lv say lastpart)
+
+        newest keeps the larger value; last replaces lt, lk, lq, lv together
+        when the other side's (lt, lk, lq) is larger.
+        """
+        ops: list[str] = []
+        for stat in self.stats:
+            n_pos = self.index(stat.column, "n") + 1 if Stat(stat.column, "n") in self.stats else 0
+            if stat.stat in ("n", "s"):
+                ops.append("add")
+            elif stat.stat == "et":
+                ops.append("newest")
+            elif stat.stat == "m2":
+                ops.append(f"m2:{n_pos}:{self.index(stat.column, 's') + 1}")
+            elif stat.stat in ("mn", "mx"):
+                ops.append(f"{'min' if stat.stat == 'mn' else 'max'}:{n_pos}")
+            elif stat.stat == "lt":
+                ops.append("last")
+            else:
+                ops.append("lastpart")
+        return ops
+
+
+def tile_layouts(view: FeatureView) -> list[TileLayout]:
+    """One layout per distinct hop of a windowed view (ascending hop)."""
+    layouts = []
+    for hop in view.hops_ms:
+        aggs = tuple(a for a in view.aggregations if a.hop_ms == hop)
+        stats = sorted({NEWEST_EVENT, *(s for a in aggs for s in stats_for(a))},
+                       key=lambda s: (s.column != "*", s.column, _STAT_ORDER.index(s.stat)))
+        layouts.append(TileLayout(view=view.name, hop_ms=hop, stats=tuple(stats), aggregations=aggs))
+    return layouts
+
+
+def empty_stats(layout: TileLayout) -> list[Any]:
+    """The identity of `merge`: no events."""
+    return [NO_ORDER if s.stat in ("et", "lt", "lk", "lq") else (False if s.stat == "lv" else 0) for s in layout.stats]
+
+
+def _quoted(column: str) -> str:
+    return f'"{column}"'
+
+
+def stat_sql(layout: TileLayout, *, event_time: str = "__event_time", tie: str = "__tie",
+             seq: str = "__seq") -> list[str]:
+    """Aggregate SQL expressions (with aliases) computing the layout's stats over a group of rows.
+
+    Rows carry the view's input columns plus `event_time`, `tie` and `seq`
+    (all BIGINT). Empty stats come out as in `empty_stats` (never NULL), so
+    the vectors can be merged and stored as they are.
+    """
+    order = f"struct_pack(t := {event_time}, k := {tie}, q := {seq})"
+    exprs = []
+    for stat in layout.stats:
+        col = stat.column
+        notnull = "" if col == "*" else f" FILTER (WHERE {_quoted(col)} IS NOT NULL)"
+        alias = _quoted(stat.label)
+        if stat.stat == "et":
+            expr = f"coalesce(max({event_time}), {NO_ORDER})"
+        elif stat.stat == "n":
+            expr = "count(*)" if col == "*" else f"count({_quoted(col)})"
+        elif stat.stat == "s":
+            expr = f"coalesce(sum({_quoted(col)})::DOUBLE, 0.0)"
+        elif stat.stat == "m2":
+            expr = f"coalesce(var_pop({_quoted(col)}::DOUBLE) * count({_quoted(col)}), 0.0)"
+        elif stat.stat in ("mn", "mx"):
+            fn = "min" if stat.stat == "mn" else "max"
+            expr = f"coalesce({fn}({_quoted(col)}), 0)"
+        elif stat.stat in ("lt", "lk", "lq"):
+            field = {"lt": "t", "lk": "k", "lq": "q"}[stat.stat]
+            expr = f"coalesce((max({order}){notnull}).{field}, {NO_ORDER})"
+        else:  # lv
+            expr = f"arg_max({_quoted(col)}, {order}){notnull}"
+        exprs.append(f"{expr} AS {alias}")
+    return exprs
+
+
+def finalize_sql(agg: Aggregation, stats: Mapping[Stat, str] | None = None) -> str:
+    """SQL computing the feature value from stat columns (named by `Stat.label` unless mapped)."""
+
+    def col(stat: str) -> str:
+        key = Stat(agg.column, stat)
+        return stats[key] if stats is not None else _quoted(key.label)
+
+    n = col("n") if agg.function != "last" else ""
+    match agg.function:
+        case "count":
+            return f"coalesce({n}, 0)::BIGINT"
+        case "sum":
+            return f"CASE WHEN {n} > 0 THEN {col('s')} END"
+        case "mean":
+            return f"CASE WHEN {n} > 0 THEN {col('s')} / {n} END"
+        case "stddev":
+            return f"CASE WHEN {n} > 1 THEN sqrt(greatest({col('m2')}, 0.0) / ({n} - 1)) END"
+        case "min":
+            return f"CASE WHEN {n} > 0 THEN {col('mn')} END"
+        case "max":
+            return f"CASE WHEN {n} > 0 THEN {col('mx')} END"
+        case _:  # last
+            return f"CASE WHEN {col('lt')} > {NO_ORDER} THEN {col('lv')} END"
+
+
+def merge(layout: TileLayout, a: Sequence[Any], b: Sequence[Any]) -> list[Any]:
+    """Combine two stat vectors of `layout` (associative; `empty_stats` is the identity)."""
+    out = list(a)
+    for i, stat in enumerate(layout.stats):
+        if stat.stat in ("n", "s"):
+            out[i] = a[i] + b[i]
+        elif stat.stat == "et":
+            out[i] = max(a[i], b[i])
+        elif stat.stat == "m2":
+            ni, si = layout.index(stat.column, "n"), layout.index(stat.column, "s")
+            na, nb = a[ni], b[ni]
+            if na == 0:
+                out[i] = b[i]
+            elif nb != 0:
+                delta = b[si] / nb - a[si] / na
+                out[i] = a[i] + b[i] + delta * delta * na * nb / (na + nb)
+        elif stat.stat in ("mn", "mx"):
+            ni = layout.index(stat.column, "n")
+            if a[ni] == 0:
+                out[i] = b[i]
+            elif b[ni] != 0:
+                out[i] = min(a[i], b[i]) if stat.stat == "mn" else max(a[i], b[i])
+        elif stat.stat == "lt":
+            lt, lk, lq, lv = (layout.index(stat.column, s) for s in ("lt", "lk", "lq", "lv"))
+            if (b[lt], b[lk], b[lq]) > (a[lt], a[lk], a[lq]):
+                out[lt], out[lk], out[lq], out[lv] = b[lt], b[lk], b[lq], b[lv]
+    return out
+
+
+def finalize(layout: TileLayout, agg: Aggregation, stats: Sequence[Any]) -> Any:
+    """The feature value of `agg` from a merged stat vector (count 0 / None when empty)."""
+
+    def get(stat: str) -> Any:
+        return stats[layout.index(agg.column, stat)]
+
+    if agg.function == "last":
+        return get("lv") if get("lt") > NO_ORDER else None
+    n = get("n")
+    match agg.function:
+        case "count":
+            return int(n)
+        case "sum":
+            return float(get("s")) if n > 0 else None
+        case "mean":
+            return get("s") / n if n > 0 else None
+        case "stddev":
+            return math.sqrt(max(get("m2"), 0.0) / (n - 1)) if n > 1 else None
+        case "min":
+            return get("mn") if n > 0 else None
+        case _:  # max
+            return get("mx") if n > 0 else None

@@ -1,0 +1,1 @@
+"""The offline store: Parquet under the data dir, read and computed with DuckDB."""

@@ -1,0 +1,82 @@
+"""Where offline data lives and which columns the event log has. One place, both paths.
+
+    <data_dir>/log/<source>/date=<YYYY-MM-DD>/p<partition>-<first>-<last>.parquet
+    <data_dir>/sources/...            BatchSource files (a source's `path` is relative to data_dir)
+    <data_dir>/training/ ...          training sets, predictions written by jobs
+
+The event log holds every consumed event of a stream source: the schema's
+columns (timestamps as epoch ms BIGINT) plus the bookkeeping columns below.
+A file covers offsets `first..last` (inclusive) of one partition, is written
+to a temporary name and renamed into place, so a reader never sees half a
+file and the file names say which offsets are durably logged. `date` is the
+UTC date of the batch's ingest time.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+
+__all__ = [
+    "LOG_COLUMNS",
+    "LogFile",
+    "Status",
+    "batch_source_glob",
+    "log_dir",
+    "log_file_path",
+    "log_glob",
+    "parse_log_file",
+]
+
+Status = str  # "applied" | "late" | "invalid"
+
+LOG_COLUMNS = pa.schema([
+    ("__event_time", pa.int64()),   # event time, epoch ms (null for invalid events)
+    ("__ingest_time", pa.int64()),  # when the worker applied the event's batch to Redis, epoch ms
+    ("__partition", pa.int32()),
+    ("__offset", pa.int64()),
+    ("__status", pa.string()),      # applied | late | invalid
+    ("__reason", pa.string()),      # why late/invalid, else null
+])
+"""Bookkeeping columns appended to the schema's columns in every log file."""
+
+_FILE = re.compile(r"^p(\d+)-(\d+)-(\d+)\.parquet$")
+
+
+def log_dir(data_dir: Path, source: str) -> Path:
+    return data_dir / "log" / source
+
+
+def log_glob(data_dir: Path, source: str) -> str:
+    """Glob for DuckDB's read_parquet over a source's whole log (hive partitioning on `date`)."""
+    return str(log_dir(data_dir, source) / "date=*" / "*.parquet")
+
+
+def log_file_path(data_dir: Path, source: str, partition: int, first: int, last: int, ingest_ms: int) -> Path:
+    day = datetime.fromtimestamp(ingest_ms / 1000, tz=UTC).strftime("%Y-%m-%d")
+    return log_dir(data_dir, source) / f"date={day}" / f"p{partition}-{first}-{last}.parquet"
+
+
+class LogFile:
+    """Partition and offset range a log file name declares."""
+
+    __slots__ = ("first", "last", "partition", "path")
+
+    def __init__(self, path: Path, partition: int, first: int, last: int) -> None:
+        self.path, self.partition, self.first, self.last = path, partition, first, last
+
+
+def parse_log_file(path: Path) -> LogFile | None:
+    match = _FILE.match(path.name)
+    if match is None:
+        return None
+    return LogFile(path, int(match.group(1)), int(match.group(2)), int(match.group(3)))
+
+
+def batch_source_glob(data_dir: Path, path: str) -> str:
+    """Absolute glob of a BatchSource `path` (relative paths are under data_dir)."""
+    p = Path(path)
+    return str(p if p.is_absolute() else data_dir / p)

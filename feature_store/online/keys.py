@@ -1,0 +1,64 @@
+"""The Redis key layout (version `v1`), in one place.
+
+    <prefix>:v1:{<source>:<p>}:<view>.<state>:<entity>:<series>   state of one entity
+    <prefix>:v1:{<source>:<p>}:offset                              last applied offset
+
+`{<source>:<p>}` is a Redis Cluster hash tag: everything one source
+partition writes lives in one slot, so the stream worker's script touches
+only keys of one slot. `<state>` is the view's state fingerprint: a breaking
+change of the view gets fresh keys. `<series>` is `latest` for latest-value
+views or `h<hop>` (e.g. `h5m`) for the tiles of one hop, a HASH of
+tile start (epoch ms) -> packed stats.
+
+Stream events land in the partition Kafka gave them; batch rows in
+`partition_for(entity, source.partitions)`. A view whose entity is the
+source's message key keeps each entity in one partition; any other view
+keeps a partial state per partition that readers merge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiokafka.partitioner import murmur2
+
+from feature_store.definitions import FeatureView, Source, StreamSource
+from feature_store.durations import format_ms
+
+__all__ = ["KEY_VERSION", "KeyLayout", "entity_key_bytes", "partition_for"]
+
+KEY_VERSION = "v1"
+
+
+def entity_key_bytes(entity: str | int) -> bytes:
+    """The message key bytes of an entity key, as producers send them."""
+    return str(entity).encode()
+
+
+def partition_for(entity: str | int, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2) picks for this key."""
+    return (murmur2(entity_key_bytes(entity)) & 0x7FFFFFFF) % partitions
+
+
+@dataclass(frozen=True)
+class KeyLayout:
+    """Builds every Redis key; `prefix` isolates deployments (and tests)."""
+
+    prefix: str = "fs"
+
+    def tag(self, source: Source, partition: int) -> str:
+        return f"{{{source.name}:{partition}}}"
+
+    def offset_key(self, source: StreamSource, partition: int) -> str:
+        return f"{self.prefix}:{KEY_VERSION}:{self.tag(source, partition)}:offset"
+
+    def state_key(self, view: FeatureView, partition: int, entity: str | int, hop_ms: int | None) -> str:
+        series = "latest" if hop_ms is None else f"h{format_ms(hop_ms)}"
+        return (f"{self.prefix}:{KEY_VERSION}:{self.tag(view.source, partition)}:"
+                f"{view.name}.{view.state_fingerprint}:{entity}:{series}")
+
+    def partitions_to_read(self, view: FeatureView, entity: str | int) -> list[int]:
+        """Partitions holding state of `entity` for `view`: one when co-partitioned, else all."""
+        if view.co_partitioned:
+            return [partition_for(entity, view.source.partitions)]
+        return list(range(view.source.partitions))
