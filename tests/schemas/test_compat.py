@@ -139,7 +139,7 @@ def test_used_fields_defaults_to_nothing_used() -> None:
 def test_adding_a_require_any_group() -> None:
     new = EventSchema(name="transactions", version=2, fields=V1_FIELDS, require_any=[("country", "channel")])
     assert check_compatible(V1, new)[0].startswith("country, channel: added a rule that one of them must be set")
-    with pytest.raises(SchemaError, match="country, channel: added a rule .* features use it: geo:country_last"):
+    with pytest.raises(SchemaError, match=r"country, channel: added a rule .* features use it: geo:country_last"):
         check_compatible(V1, new, used_fields={"country": ["geo:country_last"]})
     back = EventSchema(name="transactions", version=3, fields=V1_FIELDS)
     assert check_compatible(new, back) == ["country, channel: events no longer need one of them set"]

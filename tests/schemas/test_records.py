@@ -40,7 +40,10 @@ def test_prediction_log_validates() -> None:
     assert out["served_at"] == 1_714_564_800_000
     with pytest.raises(SchemaError) as info:
         PREDICTION_LOG.validate(PREDICTION | {"fallback": "no", "model_version": "3"})
-    assert info.value.errors == ["model_version: expected int, got string '3'", "fallback: expected bool, got string 'no'"]
+    assert info.value.errors == [
+        "model_version: expected int, got string '3'",
+        "fallback: expected bool, got string 'no'",
+    ]
 
 
 def test_labels_v1_fields() -> None:
@@ -85,7 +88,9 @@ def test_mistyped_key_is_reported_once_not_as_missing() -> None:
 
 
 def test_label_rule_in_batches() -> None:
-    result = LABELS.validate_batch([b'{"event_time": 5, "label": 1}', b'{"event_time": 5, "label": 1, "entity_key": "u"}'])
+    result = LABELS.validate_batch(
+        [b'{"event_time": 5, "label": 1}', b'{"event_time": 5, "label": 1, "entity_key": "u"}']
+    )
     assert result.invalid == [(0, NO_KEY)]
     assert result.valid_index == [1]
 
