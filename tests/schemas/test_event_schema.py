@@ -59,7 +59,7 @@ def test_schema_is_frozen_hashable_and_keyword_only() -> None:
         TXN.version = 3  # type: ignore[misc]  # deliberately mutating
     assert hash(TXN) == hash(EventSchema.from_dict(TXN.to_dict()))
     with pytest.raises(TypeError):
-        EventSchema("transactions", 1, {"a": Field("int")})  # type: ignore[misc]  # deliberately positional
+        EventSchema("transactions", 1, {"a": Field("int")})  # type: ignore[call-arg]  # deliberately positional
 
 
 @pytest.mark.parametrize(
@@ -246,7 +246,7 @@ def test_batch_mixes_dicts_bytes_and_bad_json() -> None:
 
 
 def test_batch_never_raises_on_garbage() -> None:
-    result = TXN.validate_batch([None, 3, b"", b"\xff", "not json", {1: 2}])  # type: ignore[list-item]
+    result = TXN.validate_batch([None, 3, b"", b"\xff", "not json", {1: 2}])  # type: ignore[list-item, dict-item]
     assert result.valid == []
     assert [index for index, _ in result.invalid] == [0, 1, 2, 3, 4, 5]
 

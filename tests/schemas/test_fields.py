@@ -39,7 +39,7 @@ def test_flags_must_be_bools() -> None:
 
 def test_keyword_only_after_type() -> None:
     with pytest.raises(TypeError):
-        Field("int", False)  # type: ignore[misc]  # deliberately positional
+        Field("int", False)  # type: ignore[call-arg]  # deliberately positional
 
 
 def test_frozen_and_hashable() -> None:
