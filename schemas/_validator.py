@@ -2,8 +2,8 @@
 
 Good events pass one compiled JSON Schema check (fastjsonschema generates
 plain Python once per schema) and a short normalization. Only a failing event
-pays for the explanation: per-field compiled checks that name every
-offending field, so a producer can fix all of them in one go.
+pays for the explanation: a twin check compiled with `fast_fail=False`
+reports every offending field, so a producer can fix all of them in one go.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ class EventValidator:
                 continue
             try:
                 number = float(value)
-            except OverflowError:
+            except (OverflowError, ValueError):  # an int beyond float range, Decimal('sNaN')
                 number = math.inf
             if math.isfinite(number):
                 out[name] = number
