@@ -65,7 +65,7 @@ class Settings(BaseSettings):
         description="Offline store root: event log and feature tables (Parquet).",
     )
     registry: Path = Field(
-        default=Path(".featurestream/registry.duckdb"),
+        default=Path(".featurestream/registry.db"),
         description="Registry location (format owned by the registry).",
     )
     api_keys: dict[str, SecretStr] = Field(default_factory=dict, description="Write API keys as JSON `{name: secret}`.")
