@@ -11,6 +11,7 @@ __all__ = [
     "ConfigError",
     "DefinitionError",
     "FeatureStoreError",
+    "ModelIntegrityError",
     "OnlineStoreUnavailable",
     "RegistryError",
     "SchemaError",
@@ -36,6 +37,10 @@ class UnknownFeatureError(FeatureStoreError, KeyError):
 
 class RegistryError(FeatureStoreError):
     """The registry cannot be read or written (corrupt file, conflicting apply)."""
+
+
+class ModelIntegrityError(RegistryError):
+    """A model artifact does not match the sha256 recorded at registration; it is never loaded."""
 
 
 class OnlineStoreUnavailable(FeatureStoreError, ConnectionError):
