@@ -12,6 +12,7 @@ __all__ = [
     "DefinitionError",
     "FeatureStoreError",
     "ModelIntegrityError",
+    "OfflineStoreError",
     "OnlineStoreUnavailable",
     "RegistryError",
     "SchemaError",
@@ -49,3 +50,7 @@ class OnlineStoreUnavailable(FeatureStoreError, ConnectionError):
 
 class ServiceStartError(FeatureStoreError, RuntimeError):
     """A local service (Redis, the Kafka broker) failed to start."""
+
+
+class OfflineStoreError(FeatureStoreError, ValueError):
+    """The offline store cannot answer: entity rows lack a column, files are unreadable, a time is invalid."""
