@@ -1,0 +1,14 @@
+"""The registry: applied, versioned feature definitions shared by every process.
+
+`Registry(path)` stores every applied version in SQLite; `plan`/`apply` diff a
+repo against the live definitions; `load_live_repo` is what long-running
+processes call at start.
+"""
+
+from __future__ import annotations
+
+from feature_store.registry.plan import KINDS, Change, FieldChange, Kind, Plan, used_fields
+from feature_store.registry.store import Registry, VersionRecord, load_live_repo
+
+__all__ = ["KINDS", "Change", "FieldChange", "Kind", "Plan", "Registry", "VersionRecord", "load_live_repo",
+           "used_fields"]
