@@ -220,7 +220,8 @@ def _check(node: ast.expr, kinds: Mapping[str, Kind], *, where: str) -> Kind:
         if "str" in operand_kinds and any(k in ("num", "bool") for k in operand_kinds):
             raise DefinitionError(f"{where}: compares a string with a number in {ast.unparse(node)!r}")
         return "bool"
-    assert isinstance(node, ast.Call) and isinstance(node.func, ast.Name)  # noqa: S101  # _allow guarantees it
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):  # _allow guarantees it
+        raise DefinitionError(f"unexpected {type(node).__name__} in an expression")
     for child in node.args:
         numeric(child)
     return "num"
@@ -285,7 +286,8 @@ def _eval(node: ast.expr, env: Mapping[str, Any]) -> Any:
             if step is None:
                 result = None
         return result
-    assert isinstance(node, ast.Call) and isinstance(node.func, ast.Name)  # noqa: S101  # parse() checked it
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):  # parse() checked it
+        raise DefinitionError(f"unexpected {type(node).__name__} in an expression")
     name = node.func.id
     if name == "if_":
         cond = _truth(_eval(node.args[0], env))
@@ -353,7 +355,8 @@ def _sql(node: ast.expr, quote: Callable[[str], str]) -> str:
         text = [_sql(o, quote) if raw else num(o) for o in operands]
         steps = [f"({a} {_SQL_OPS[type(op)]} {b})" for op, a, b in zip(node.ops, text, text[1:], strict=False)]
         return steps[0] if len(steps) == 1 else "(" + " AND ".join(steps) + ")"
-    assert isinstance(node, ast.Call) and isinstance(node.func, ast.Name)  # noqa: S101  # parse() checked it
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):  # parse() checked it
+        raise DefinitionError(f"unexpected {type(node).__name__} in an expression")
     name = node.func.id
     if name == "if_":
         return f"(CASE WHEN {truth(node.args[0])} THEN {num(node.args[1])} ELSE {num(node.args[2])} END)"
