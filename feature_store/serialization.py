@@ -73,7 +73,7 @@ def repo_from_dicts(dicts: Iterable[Mapping[str, Any]]) -> FeatureRepo:
     """Rebuild a whole repo from `to_dict()` outputs in any order; views resolve within the same set."""
     by_group: dict[str, list[Mapping[str, Any]]] = {group: [] for group in _BUILD_ORDER}
     for data in dicts:
-        kind = data.get("kind")
+        kind = str(data.get("kind"))
         if kind not in KIND_GROUP:
             raise DefinitionError(
                 f"stored definition {_name_of(data)!r} has kind {kind!r}; expected one of {', '.join(KIND_GROUP)}"

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from feature_store.definitions import FeatureView, Source
+from feature_store.durations import format_ms
 from feature_store.errors import DefinitionError, SchemaError
 from feature_store.repo import Definition, FeatureRepo
 from feature_store.serialization import repo_from_dicts
@@ -34,14 +35,24 @@ _SOURCE_STATE_KEYS = ("kind", "key", "event_time", "partitions", "topic")
 
 @dataclass(frozen=True, kw_only=True)
 class FieldChange:
-    """One changed field of a definition; `path` is dotted, list items by name (`aggregations[x].window`)."""
+    """One changed field of a definition; `path` is dotted, list items by name (`aggregations[x].window`).
+
+    `change` is "added" or "removed" when the field (or named list item) is
+    new or gone, else "set"; the missing side is None.
+    """
 
     path: str
     old: Any
     new: Any
+    change: Literal["set", "added", "removed"] = "set"
 
     def __str__(self) -> str:
-        return f"{self.path}: {_short(self.old)} -> {_short(self.new)}"
+        leaf = self.path.rsplit(".", 1)[-1]
+        if self.change == "added":
+            return f"{self.path}: added {_short(self.new, leaf)}"
+        if self.change == "removed":
+            return f"{self.path}: removed (was {_short(self.old, leaf)})"
+        return f"{self.path}: {_short(self.old, leaf)} -> {_short(self.new, leaf)}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -185,11 +196,18 @@ def diff_dicts(old: Mapping[str, Any], new: Mapping[str, Any], *, prefix: str = 
     changes: list[FieldChange] = []
     for key in sorted(set(old) | set(new), key=str):
         path = f"{prefix}.{key}" if prefix else str(key)
-        changes.extend(_diff_value(old.get(key), new.get(key), path))
+        changes.extend(_diff_value(old.get(key, _MISSING), new.get(key, _MISSING), path))
     return changes
 
 
+_MISSING: Any = object()
+
+
 def _diff_value(old: Any, new: Any, path: str) -> list[FieldChange]:
+    if old is _MISSING:
+        return [FieldChange(path=path, old=None, new=new, change="added")]
+    if new is _MISSING:
+        return [FieldChange(path=path, old=old, new=None, change="removed")]
     if old == new:
         return []
     if isinstance(old, Mapping) and isinstance(new, Mapping):
@@ -198,7 +216,7 @@ def _diff_value(old: Any, new: Any, path: str) -> list[FieldChange]:
         old_by, new_by = {i["name"]: i for i in old}, {i["name"]: i for i in new}
         changes: list[FieldChange] = []
         for name in [*old_by, *(n for n in new_by if n not in old_by)]:
-            changes.extend(_diff_value(old_by.get(name), new_by.get(name), f"{path}[{name}]"))
+            changes.extend(_diff_value(old_by.get(name, _MISSING), new_by.get(name, _MISSING), f"{path}[{name}]"))
         if not changes:  # same items, new order
             changes.append(FieldChange(path=f"{path} order", old=list(old_by), new=list(new_by)))
         return changes
@@ -287,6 +305,15 @@ def _removal_note(kind: Kind) -> str:
     return ""
 
 
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
+def _short(value: Any, leaf: str = "", limit: int = 80) -> str:
+    """A value as a plan shows it: durations as '5m', objects as `k=v` pairs without empty values."""
+    if leaf in _DURATIONS and isinstance(value, int) and not isinstance(value, bool):
+        text = format_ms(value)
+    elif isinstance(value, Mapping):
+        text = " ".join(f"{k}={v!r}" for k, v in value.items() if k != "name" and v not in ("", None, [], {}))
+    else:
+        text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_DURATIONS = frozenset({"window", "hop", "ttl", "allowed_lateness", "future_tolerance", "max_age"})

@@ -23,7 +23,7 @@ import orjson
 import structlog
 
 from feature_store.errors import DefinitionError, RegistryError, UnknownFeatureError
-from feature_store.registry.plan import KINDS, Change, Kind, Plan, make_plan
+from feature_store.registry.plan import KINDS, Change, FieldChange, Kind, Plan, make_plan
 from feature_store.repo import FeatureRepo, load_repo
 from feature_store.serialization import KIND_GROUP, repo_from_dicts
 
@@ -92,8 +92,8 @@ class VersionRecord:
     """The applied `to_dict()`; None for a removal."""
     breaking: bool
     reason: str
-    diff: tuple[tuple[str, Any, Any], ...]
-    """(path, old, new) per changed field, as the plan showed it."""
+    diff: tuple[FieldChange, ...]
+    """The changed fields, as the plan showed them."""
     apply_id: int
     applied_by: str
     applied_at: int
@@ -297,7 +297,7 @@ def _kind(kind: str) -> Kind:
 
 def _row(change: Change, apply_id: int | None, applied_by: str, applied_at: int) -> tuple[Any, ...]:
     definition = None if change.definition is None else orjson.dumps(change.definition).decode()
-    diff = orjson.dumps([[c.path, c.old, c.new] for c in change.diff]).decode()
+    diff = orjson.dumps([[c.path, c.old, c.new, c.change] for c in change.diff]).decode()
     return (change.kind, change.name, change.new_version, change.action, change.fingerprint,
             change.state_fingerprint, definition, int(change.breaking), change.reason, diff, apply_id, applied_by,
             applied_at)
@@ -309,6 +309,7 @@ def _record(row: tuple[Any, ...]) -> VersionRecord:
     return VersionRecord(
         kind=_kind(kind), name=name, version=int(version), action=action, fingerprint=fingerprint,
         state_fingerprint=state_fp, definition=None if definition is None else orjson.loads(definition),
-        breaking=bool(breaking), reason=reason, diff=tuple(tuple(item) for item in orjson.loads(diff)),
+        breaking=bool(breaking), reason=reason,
+        diff=tuple(FieldChange(path=p, old=o, new=n, change=c) for p, o, n, c in orjson.loads(diff)),
         apply_id=int(apply_id), applied_by=applied_by, applied_at=int(applied_at),
     )
