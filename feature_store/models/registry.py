@@ -243,7 +243,7 @@ class ModelRegistry:
                 row = db.execute("SELECT * FROM versions WHERE name = ? AND stage = 'production'",
                                  (name,)).fetchone()
                 if row is None:
-                    self._row(db, name, None)
+                    self._require_model(db, name)
                     raise UnknownFeatureError(
                         f"model {name!r} has no production version; promote one "
                         f"(featurestream models promote {name} VERSION) or ask for ?version=N"
@@ -260,7 +260,7 @@ class ModelRegistry:
             else:
                 rows = db.execute("SELECT * FROM versions WHERE name = ? ORDER BY version", (name,)).fetchall()
                 if not rows:
-                    self._row(db, name, None)
+                    self._require_model(db, name)
         return [_version_of(r) for r in rows]
 
     def names(self) -> list[str]:
@@ -318,17 +318,22 @@ class ModelRegistry:
         os.replace(tmp, path)
 
     @staticmethod
-    def _row(db: sqlite3.Connection, name: str, version: int | None) -> sqlite3.Row:
-        if version is not None:
-            row = db.execute("SELECT * FROM versions WHERE name = ? AND version = ?", (name, version)).fetchone()
-            if row is not None:
-                return row  # type: ignore[no-any-return]
+    def _row(db: sqlite3.Connection, name: str, version: int) -> sqlite3.Row:
+        row = db.execute("SELECT * FROM versions WHERE name = ? AND version = ?", (name, version)).fetchone()
+        if row is not None:
+            return row  # type: ignore[no-any-return]
+        ModelRegistry._require_model(db, name)
+        known = [r[0] for r in db.execute("SELECT version FROM versions WHERE name = ? ORDER BY version",
+                                          (name,)).fetchall()]
+        raise UnknownFeatureError(f"model {name!r} has no version {version} (versions: {known})")
+
+    @staticmethod
+    def _require_model(db: sqlite3.Connection, name: str) -> None:
         known = [r[0] for r in db.execute("SELECT version FROM versions WHERE name = ? ORDER BY version",
                                           (name,)).fetchall()]
         if not known:
             names = [r[0] for r in db.execute("SELECT DISTINCT name FROM versions ORDER BY name").fetchall()]
             raise UnknownFeatureError(f"unknown model {name!r} (models: {', '.join(names) or 'none registered'})")
-        raise UnknownFeatureError(f"model {name!r} has no version {version} (versions: {known})")
 
     @staticmethod
     def _move(db: sqlite3.Connection, name: str, version: int, from_stage: str | None, to_stage: str, action: str,
