@@ -1,0 +1,109 @@
+"""The applied events of a view as one DuckDB relation, from the event log or a BatchSource.
+
+Every batch job (training sets, materialization, consistency checks) reads
+events through `view_events_sql`, so they all agree on which rows count and
+how ties order. The relation has the view's input columns (source columns
+plus transform outputs, timestamps as epoch ms) and:
+
+    __entity      the view's entity key (rows without one are dropped)
+    __event_time  event time, epoch ms
+    __tie, __seq  order of `last`/latest: (event_time, tie, seq), see `aggregates`
+    __avail       when the event counts "as served": greatest(event_time, ingest_time),
+                  ingest time being the log's; for batch rows the created time (else event time)
+    __partition   log: the Kafka partition; batch: NULL (`partition_for` of the entity)
+
+Log rows count only with status `applied` (late and invalid rows are kept
+in the log for audit but never reach a feature).
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+import duckdb
+
+from feature_store.aggregates import SEQ_PARTITION_SHIFT
+from feature_store.definitions import BatchSource, FeatureView, Source, StreamSource
+from feature_store.offline.engine import sql_list
+from feature_store.offline.layout import batch_source_glob, log_glob
+from feature_store.transforms import DUCKDB_TYPES, transformed_sql
+
+__all__ = ["source_files", "source_rows_sql", "view_events_sql"]
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def source_files(data_dir: Path, source: Source) -> list[str]:
+    """The Parquet files holding a source's rows, in a stable (sorted) order."""
+    pattern = log_glob(data_dir, source.name) if isinstance(source, StreamSource) \
+        else batch_source_glob(data_dir, source.path)
+    return sorted(glob.glob(pattern))
+
+
+def _empty_sql(source: Source) -> str:
+    """A typed relation with no rows, for a source that has no files yet."""
+    columns = [f"CAST(NULL AS {DUCKDB_TYPES[t]}) AS {_q(n)}" for n, t in source.schema.columns.items()]
+    columns += [f"CAST(NULL AS BIGINT) AS {c}" for c in ("__event_time", "__tie", "__seq", "__avail")]
+    columns.append("CAST(NULL AS INTEGER) AS __partition")
+    return f"SELECT {', '.join(columns)} WHERE false"
+
+
+def source_rows_sql(con: duckdb.DuckDBPyConnection, data_dir: Path, source: Source) -> str:
+    """SELECT of a source's rows that count, with the bookkeeping columns above (no entity yet)."""
+    files = source_files(data_dir, source)
+    if not files:
+        return _empty_sql(source)
+    if isinstance(source, StreamSource):
+        return _log_rows_sql(source, files)
+    return _batch_rows_sql(con, source, files)
+
+
+def _log_rows_sql(source: StreamSource, files: list[str]) -> str:
+    columns = ", ".join(_q(n) for n in source.schema.columns)
+    return (
+        f"SELECT {columns}, __event_time, __ingest_time AS __tie, "
+        f"__partition::BIGINT * {SEQ_PARTITION_SHIFT} + __offset AS __seq, "
+        f"greatest(__event_time, __ingest_time) AS __avail, "
+        f"__partition::INTEGER AS __partition "
+        f"FROM read_parquet({sql_list(files)}, union_by_name = true, hive_partitioning = false) "
+        f"WHERE __status = 'applied' AND __event_time IS NOT NULL"
+    )
+
+
+def _batch_rows_sql(con: duckdb.DuckDBPyConnection, source: BatchSource, files: list[str]) -> str:
+    """Batch rows: seq = file index * 2**40 + row number in the file, so later rows win ties."""
+    relation = f"read_parquet({sql_list(files)}, union_by_name = true, hive_partitioning = false, " \
+               f"filename = true, file_row_number = true)"
+    types = {row[0]: str(row[1]).upper() for row in con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()}
+
+    def as_schema(name: str) -> str:
+        """The column as the schema types it: timestamps as epoch ms whatever the file holds."""
+        if source.schema.columns[name] == "timestamp" and types.get(name, "BIGINT").startswith(("TIMESTAMP", "DATE")):
+            return f"epoch_ms({_q(name)}::TIMESTAMPTZ)"
+        if name not in types:
+            return f"CAST(NULL AS {DUCKDB_TYPES[source.schema.columns[name]]})"
+        return f"{_q(name)}::{DUCKDB_TYPES[source.schema.columns[name]]}"
+
+    columns = ", ".join(f"{as_schema(n)} AS {_q(n)}" for n in source.schema.columns)
+    event_time = as_schema(source.event_time)
+    created = as_schema(source.created_time) if source.created_time else None
+    tie = f"coalesce({created}, 0)" if created else "0"
+    avail = f"greatest({event_time}, coalesce({created}, {event_time}))" if created else event_time
+    return (
+        f"SELECT {columns}, {event_time} AS __event_time, {tie}::BIGINT AS __tie, "
+        f"(list_position({sql_list(files)}, filename) - 1)::BIGINT * {SEQ_PARTITION_SHIFT} + file_row_number "
+        f"AS __seq, {avail} AS __avail, "
+        f"CAST(NULL AS INTEGER) AS __partition "
+        f"FROM {relation} WHERE {event_time} IS NOT NULL"
+    )
+
+
+def view_events_sql(con: duckdb.DuckDBPyConnection, data_dir: Path, view: FeatureView) -> str:
+    """SELECT of the view's applied events: transform columns added, `__entity` set, keyless rows dropped."""
+    rows = source_rows_sql(con, data_dir, view.source)
+    transformed = transformed_sql(f"({rows})", dict(view.transform))
+    key = _q(view.entity.join_key)
+    return f"SELECT *, {key} AS __entity FROM ({transformed}) WHERE {key} IS NOT NULL"

@@ -1,0 +1,208 @@
+"""Point-in-time training sets: entity rows joined with features as of each row's time.
+
+The row for `(e, t)` holds what the online store answered at `t` ("as
+served"): only applied events with `event_time <= t` and `ingest_time <= t`
+count (`ignore_ingest_time=True` drops the second condition, for pure
+event-time backfills). Output rows keep the input order; none is dropped,
+duplicates stay. One SQL shape per view kind:
+
+- windowed: a range join of rows and events on entity and
+  `window_lower_bound(t) <= event_time <= t`, grouped by row, with
+  `stat_sql` then `finalize_sql` (one join per distinct (hop, window)).
+- latest: the online state after each event is the running argmax by
+  (event_time, tie, seq) in order of `__avail`; an ASOF join picks the state
+  at `t`, then the ttl applies (`state.event_time > t - ttl`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from feature_store.aggregates import TileLayout, finalize_sql, stat_sql, stats_for
+from feature_store.definitions import Aggregation, FeatureView
+from feature_store.errors import OfflineStoreError
+from feature_store.offline.engine import Progress, run_with_progress, sql_str
+from feature_store.offline.events import view_events_sql
+from feature_store.transforms import DUCKDB_TYPES
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from feature_store.expressions import Expression
+
+__all__ = ["TrainingSetQuery", "build_training_set_sql", "load_entities", "output_name", "training_set"]
+
+ROW = "__row"
+T = "__t"
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def output_name(view: FeatureView, feature: str) -> str:
+    """Training-set column of 'view:feature': 'view__feature'."""
+    return f"{view.name}__{feature}"
+
+
+def load_entities(entities: str | Path | pa.Table | pd.DataFrame) -> pa.Table:
+    """The entity rows as Arrow (a Parquet path or glob, an Arrow table or a pandas DataFrame)."""
+    if isinstance(entities, pa.Table):
+        return entities
+    if isinstance(entities, str | Path):
+        try:
+            return pq.read_table(str(entities))
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise OfflineStoreError(f"cannot read entity rows from {str(entities)!r}: {exc}; "
+                                    f"pass a Parquet file") from None
+    try:
+        return pa.Table.from_pandas(entities, preserve_index=False)
+    except (TypeError, AttributeError, pa.ArrowInvalid) as exc:
+        raise OfflineStoreError(f"entity rows must be a Parquet path, an Arrow table or a pandas DataFrame "
+                                f"({exc})") from None
+
+
+@dataclass(frozen=True)
+class TrainingSetQuery:
+    """What to join: features grouped by view, the row timestamp column and the as-served switch."""
+
+    features: dict[FeatureView, list[str]]
+    timestamp_column: str = "event_timestamp"
+    ignore_ingest_time: bool = False
+    derived: dict[str, Expression] | None = None
+
+
+def _time_ms_sql(column: str, duck_type: str) -> str:
+    """Epoch ms of the row timestamp, whatever its type (epoch-ms integers or timestamps)."""
+    upper = duck_type.upper()
+    if upper.startswith(("TIMESTAMP", "DATE")):
+        return f"epoch_ms({_q(column)}::TIMESTAMPTZ)"
+    if upper in ("BIGINT", "INTEGER", "HUGEINT", "UBIGINT", "UINTEGER", "SMALLINT"):
+        return f"{_q(column)}::BIGINT"
+    raise OfflineStoreError(f"timestamp column {column!r} has type {duck_type}; use epoch milliseconds (int) or "
+                            f"a timestamp type")
+
+
+def _sub_layout(view: FeatureView, hop_ms: int, aggs: Sequence[Aggregation]) -> TileLayout:
+    """The stats of a few aggregations of one hop (a window gets its own join)."""
+    stats = sorted({s for a in aggs for s in stats_for(a)}, key=lambda s: (s.column, s.stat))
+    return TileLayout(view=view.name, hop_ms=hop_ms, stats=tuple(stats), aggregations=tuple(aggs))
+
+
+def _rows_of(view: FeatureView, key_type: str) -> str:
+    """The rows as the joins see them: id, time and the view's entity key in the events' type."""
+    return f"(SELECT {ROW}, {T}, TRY_CAST({_q(view.entity.join_key)} AS {key_type}) AS __key FROM __rows)"
+
+
+def _windowed_ctes(view: FeatureView, features: list[str], events: str, key_type: str, as_served: bool,
+                   tag: str) -> tuple[list[str], list[str]]:
+    """CTEs (one per (hop, window)) of per-row stats, and the output expressions finalizing them."""
+    groups: dict[tuple[int, int], list[Aggregation]] = {}
+    for agg in view.aggregations:
+        if agg.name in features:
+            groups.setdefault((agg.hop_ms, agg.window_ms), []).append(agg)
+    ctes, outputs = [], []
+    for i, ((hop, window), aggs) in enumerate(sorted(groups.items())):
+        layout = _sub_layout(view, hop, aggs)
+        name = f"{tag}_w{i}"
+        lower = f"r.{T} - (((r.{T} % {hop}) + {hop}) % {hop}) - {window} + {hop}"  # windows.window_lower_bound
+        served = f" AND e.__avail <= r.{T}" if as_served else ""
+        ctes.append(
+            f"{name} AS (SELECT r.{ROW}, {', '.join(stat_sql(layout))} FROM {_rows_of(view, key_type)} r "
+            f"JOIN {events} e ON e.__entity = r.__key AND e.__event_time >= {lower} "
+            f"AND e.__event_time <= r.{T}{served} GROUP BY r.{ROW})"
+        )
+        mapping = {s: f"{name}.{_q(s.label)}" for s in layout.stats}
+        for agg in aggs:
+            outputs.append(f"{finalize_sql(agg, mapping)} AS {_q(output_name(view, agg.name))}")
+    return ctes, outputs
+
+
+def _latest_cte(view: FeatureView, features: list[str], events: str, key_type: str, as_served: bool,
+                tag: str) -> tuple[str, list[str]]:
+    """CTE of each row's latest values (ttl applied), and the output expressions reading it."""
+    avail = "__avail" if as_served else "__event_time"
+    order = "struct_pack(t := __event_time, k := __tie, q := __seq)"
+    fields = ", ".join(_q(f) for f in features)
+    states = (
+        f"SELECT __entity, {avail} AS __at, __event_time, {fields} FROM {events} "
+        f"QUALIFY {order} = max({order}) OVER (PARTITION BY __entity ORDER BY {avail} "
+        f"RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
+    )
+    ttl = view.ttl_ms
+    live = f"s.__event_time > r.{T} - {ttl}" if ttl is not None else "s.__event_time IS NOT NULL"
+    values = ", ".join(f"CASE WHEN {live} THEN s.{_q(f)} END AS {_q(output_name(view, f))}" for f in features)
+    cte = (f"{tag} AS (SELECT r.{ROW}, {values} FROM {_rows_of(view, key_type)} r "
+           f"ASOF LEFT JOIN ({states}) s ON r.__key = s.__entity AND r.{T} >= s.__at)")
+    return cte, [f"{tag}.{_q(output_name(view, f))}" for f in features]
+
+
+def build_training_set_sql(con: duckdb.DuckDBPyConnection, data_dir: Path, query: TrainingSetQuery,
+                           input_columns: Sequence[str]) -> str:
+    """The whole point-in-time query over the registered `__rows` relation, ordered like the input."""
+    ctes: list[str] = []
+    outputs: list[str] = []
+    joins: list[str] = []
+    as_served = not query.ignore_ingest_time
+    for i, (view, features) in enumerate(query.features.items()):
+        if view.entity.join_key not in input_columns:
+            raise OfflineStoreError(
+                f"entity rows lack column {view.entity.join_key!r}, the join key of view {view.name!r} "
+                f"(columns: {', '.join(input_columns)}); add it to the entity rows"
+            )
+        events = f"__ev{i}"
+        ctes.append(f"{events} AS ({view_events_sql(con, data_dir, view)})")
+        key_type = DUCKDB_TYPES[view.input_columns[view.entity.join_key]]
+        tag = f"__f{i}"
+        if view.is_windowed:
+            view_ctes, view_outputs = _windowed_ctes(view, features, events, key_type, as_served, tag)
+            ctes += view_ctes
+            joins += [c.split(" AS ", 1)[0] for c in view_ctes]
+        else:
+            cte, view_outputs = _latest_cte(view, features, events, key_type, as_served, tag)
+            ctes.append(cte)
+            joins.append(tag)
+        outputs += view_outputs
+    inputs = ", ".join(f"r.{_q(c)}" for c in input_columns)
+    join_sql = " ".join(f"LEFT JOIN {name} ON {name}.{ROW} = r.{ROW}" for name in joins)
+    select = f"SELECT {inputs}{''.join(', ' + o for o in outputs)} FROM __rows r {join_sql} ORDER BY r.{ROW}"
+    if query.derived:
+        derived = ", ".join(f"({expr.to_sql()}) AS {_q(name)}" for name, expr in query.derived.items())
+        select = f"SELECT *, {derived} FROM ({select})"
+    return f"WITH {', '.join(ctes)} {select}" if ctes else select
+
+
+def training_set(con: duckdb.DuckDBPyConnection, data_dir: Path, entities: str | Path | pa.Table | Any,
+                 query: TrainingSetQuery, *, out: str | Path | None = None,
+                 progress: Progress | None = None) -> pa.Table:
+    """Compute a training set; with `out`, stream it into that Parquet file (and return it memory-mapped)."""
+    table = load_entities(entities)
+    if query.timestamp_column not in table.column_names:
+        raise OfflineStoreError(
+            f"entity rows lack the timestamp column {query.timestamp_column!r} (columns: "
+            f"{', '.join(table.column_names)}); pass timestamp_column= or add the column"
+        )
+    input_columns = list(table.column_names)
+    con.register("__input", table.append_column(ROW, pa.array(range(table.num_rows), pa.int64())))
+    duck_type = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE __input)").fetchall())
+    t_sql = _time_ms_sql(query.timestamp_column, str(duck_type[query.timestamp_column]))
+    con.execute(f"CREATE OR REPLACE TEMP VIEW __rows AS SELECT *, {t_sql} AS {T} FROM __input")
+    sql = build_training_set_sql(con, data_dir, query, input_columns)
+    try:
+        if out is None:
+            result: pa.Table = run_with_progress(con, lambda: con.sql(sql).to_arrow_table(), progress)
+            return result
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        copy = f"COPY ({sql}) TO {sql_str(str(out))} (FORMAT parquet, COMPRESSION zstd)"
+        run_with_progress(con, lambda: con.execute(copy), progress)
+        return pq.read_table(str(out), memory_map=True)
+    finally:
+        con.execute("DROP VIEW IF EXISTS __rows")
+        con.unregister("__input")
