@@ -38,7 +38,7 @@ _DDL = """
 CREATE TABLE IF NOT EXISTS applies (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     applied_by  TEXT    NOT NULL,
-    applied_at  INTEGER NOT NULL              -- epoch ms, never decreasing
+    applied_at  INTEGER NOT NULL              -- epoch ms, strictly increasing
 );
 CREATE TABLE IF NOT EXISTS versions (
     kind              TEXT    NOT NULL CHECK (kind IN ('entity', 'source', 'view', 'service')),
@@ -261,7 +261,7 @@ class Registry:
 
     def _write(self, con: sqlite3.Connection, plan: Plan, applied_by: str) -> None:
         last = con.execute("SELECT COALESCE(MAX(applied_at), 0) FROM applies").fetchone()[0]
-        applied_at = max(time.time_ns() // 1_000_000, int(last))  # never before an earlier apply
+        applied_at = max(time.time_ns() // 1_000_000, int(last) + 1)  # strictly after the previous apply
         apply_id = con.execute("INSERT INTO applies (applied_by, applied_at) VALUES (?, ?)",
                                (applied_by, applied_at)).lastrowid
         con.executemany(

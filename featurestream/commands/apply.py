@@ -35,8 +35,8 @@ def apply(
     """Validate every definition in REPO, print the plan (+ add, ~ change, - remove), then apply it.
 
     A breaking change (a view's window, hop, function, transform, fields,
-    entity or key) becomes a new view version with new online keys; back it
-    fill with `featurestream materialize`. Nothing is applied when any
+    entity or key) becomes a new view version with new online keys; backfill
+    it with `featurestream materialize`. Nothing is applied when any
     definition is invalid or a schema change is not compatible.
     """
     from rich.console import Console
