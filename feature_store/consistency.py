@@ -38,6 +38,7 @@ __all__ = [
     "Mismatch",
     "Recompute",
     "ServedRow",
+    "batch_recompute",
     "check",
     "checkable_features",
     "compare",
@@ -294,3 +295,49 @@ def check(
         return ConsistencyReport(rows=len(rows), features={}, skipped=skipped)
     again = recompute(features, rows)
     return compare(rows, again, features, max_examples=max_examples, skipped=skipped)
+
+
+def batch_recompute(repo: FeatureRepo, data_dir: Path, *, progress: Callable[[float], None] | None = None) -> Recompute:
+    """The batch path as a `Recompute`: one point-in-time training set over the sampled rows, as served.
+
+    Entity keys in the prediction log are keyed by entity name (or join key);
+    each row's time is its `served_at`, and only events applied by then count.
+    """
+
+    def run(features: Sequence[str], rows: Sequence[ServedRow]) -> list[dict[str, Any]]:
+        import pyarrow as pa
+
+        from feature_store.offline.engine import connect
+        from feature_store.offline.training import TrainingSetQuery, output_name, training_set
+
+        grouped = repo.group_features(features)
+        columns: dict[str, Any] = {}
+        for view in grouped:
+            entity = view.entity
+            if entity.join_key in columns:
+                continue
+            keys = [_entity_key(row, entity.name, entity.join_key) for row in rows]
+            kind = pa.int64() if entity.dtype == "int" else pa.string()
+            columns[entity.join_key] = pa.array(
+                [None if k is None else (int(k) if entity.dtype == "int" else str(k)) for k in keys], kind)
+        columns["__served_at"] = pa.array([row.served_at for row in rows], pa.int64())
+        query = TrainingSetQuery(features={v: list(f) for v, f in grouped.items()}, timestamp_column="__served_at")
+        con = connect(data_dir)
+        try:
+            table = training_set(con, data_dir, pa.table(columns), query, progress=progress)
+        finally:
+            con.close()
+        out: list[dict[str, Any]] = [{} for _ in rows]
+        for view, names in grouped.items():
+            for name in names:
+                values = table.column(output_name(view, name)).to_pylist()
+                for i, value in enumerate(values):
+                    out[i][f"{view.name}:{name}"] = value
+        return out
+
+    return run
+
+
+def _entity_key(row: ServedRow, entity: str, join_key: str) -> Any:
+    keys = row.entity_keys
+    return keys.get(entity, keys.get(join_key))
