@@ -8,6 +8,7 @@ from __future__ import annotations
 from schemas.errors import FeatureStoreError, SchemaError
 
 __all__ = [
+    "ApprovalError",
     "ConfigError",
     "DefinitionError",
     "FeatureStoreError",
@@ -54,3 +55,7 @@ class ServiceStartError(FeatureStoreError, RuntimeError):
 
 class OfflineStoreError(FeatureStoreError, ValueError):
     """The offline store cannot answer: entity rows lack a column, files are unreadable, a time is invalid."""
+
+
+class ApprovalError(FeatureStoreError, PermissionError):
+    """A promotion request breaks the four-eyes rule or is not pending; the message says who must act."""
