@@ -9,6 +9,7 @@ from schemas.errors import FeatureStoreError, SchemaError
 
 __all__ = [
     "ApprovalError",
+    "BrokerUnavailable",
     "ConfigError",
     "DefinitionError",
     "FeatureStoreError",
@@ -59,3 +60,7 @@ class OfflineStoreError(FeatureStoreError, ValueError):
 
 class ApprovalError(FeatureStoreError, PermissionError):
     """A promotion request breaks the four-eyes rule or is not pending; the message says who must act."""
+
+
+class BrokerUnavailable(FeatureStoreError, ConnectionError):
+    """Kafka cannot be reached (or refused the events) within the retry budget; nothing was half-sent."""
