@@ -77,6 +77,14 @@ class Settings(BaseSettings):
     )
     kafka_heartbeat_s: float = Field(default=1.0, gt=0, description="Consumer group heartbeat interval.")
     partitions: int = Field(default=4, ge=1, description="Partitions for topics we create.")
+    online_prefix: str = Field(
+        default="fs", pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Redis key prefix of the online store (isolates deployments).",
+    )
+    worker_group: str = Field(default="featurestream-worker", description="Consumer group the stream workers share.")
+    worker_metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Port of a stream worker's Prometheus /metrics (unset: none)."
+    )
     log_level: LogLevel = Field(default="INFO", description="Lowest level logged.")
     log_json: bool = Field(default=False, description="JSON log lines instead of console output.")
 
