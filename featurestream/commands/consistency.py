@@ -38,8 +38,11 @@ def consistency(
         Path | None, typer.Option(envvar="FEATURESTREAM_REGISTRY", help="Registry file holding the definitions.")
     ] = None,
 ) -> None:
-    """Sample served predictions from the prediction log, recompute their features at the time they were
-    served with the batch path's point-in-time join, and report the match rate per feature.
+    """Check that served feature values match the batch path; exit 1 below --threshold.
+
+    Samples served predictions from the prediction log, recomputes their
+    features at the time they were served with the batch path's
+    point-in-time join, and reports the match rate per feature.
 
     Floats match within 1e-9 (relative or absolute). Request fields and derived
     features are skipped (they are not in the offline store). Exits 1 when a

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, RedirectResponse
 
+from feature_store.repo import FeatureRepo
 from feature_store.settings import Settings, get_settings
 from serving.ui.dashboard import build_summary
 
@@ -56,22 +57,70 @@ def dashboard(request: Request) -> dict[str, Any]:
     state = request.app.state
     settings: Settings = getattr(state, "settings", None) or get_settings()
     missing: list[str] = []
-    repo = getattr(state, "repo", None)
-    versions = _call(getattr(state, "registry_versions", None), missing, "registry versions")
-    models = getattr(state, "dashboard_models", None)
-    drift = getattr(state, "dashboard_drift", None)
-    if models is None:
-        missing.append("models: the app publishes no model registry (app.state.dashboard_models)")
-    if drift is None:
-        missing.append("drift: the app publishes no drift monitor (app.state.dashboard_drift)")
-    return build_summary(repo, settings.data_dir, versions=versions, models=models, drift=drift, missing=missing)
+    repo, versions = _definitions(state, settings, missing)
+    return build_summary(repo, settings.data_dir, versions=versions, models=lambda: _models(settings),
+                         drift=lambda: _drift(state), missing=missing)
 
 
-def _call(provider: Any, missing: list[str], what: str) -> Any:
-    if provider is None:
-        return None
+def _definitions(state: Any, settings: Settings, missing: list[str]) -> tuple[FeatureRepo | None, dict[str, int]]:
+    """The live definitions and their registry versions (the app's repo when it has one)."""
+    from feature_store.registry import Registry
+
+    repo: FeatureRepo | None = getattr(state, "repo", None)
+    versions: dict[str, int] = {}
+    if not settings.registry.exists():
+        if repo is None:
+            missing.append(f"feature registry: {settings.registry} does not exist; run `featurestream apply`")
+        return repo, versions
     try:
-        return provider()
-    except Exception as exc:  # optional data: degrade, name the problem
-        missing.append(f"{what}: {' '.join(str(exc).split())[:200]}")
-        return None
+        registry = Registry(settings.registry)
+        repo = repo or registry.current()
+        for name in repo.views:
+            versions[name] = registry.version_of(name)
+        for name in repo.services:
+            history = registry.history("service", name)
+            if history:
+                versions[name] = history[-1].version
+    except Exception as exc:  # the page still shows what it can
+        missing.append(f"feature registry: {' '.join(str(exc).split())[:200]}")
+    return repo, versions
+
+
+def _models(settings: Settings) -> list[dict[str, Any]]:
+    """Every registered model version, newest first, with metrics and lineage."""
+    from feature_store.models import ModelRegistry
+
+    registry = ModelRegistry.from_settings(settings)
+    if not registry.db_path.exists():
+        return []
+    out = []
+    for v in sorted(registry.list(), key=lambda v: (v.name, -v.version)):
+        lineage: dict[str, Any] = {"service": v.feature_service, "training set": v.training_set_ref,
+                                   "by": v.created_by, "sha256": v.sha256[:12], "flavor": v.flavor}
+        if v.data_range:
+            lineage["data"] = f"{_iso(v.data_range[0])} .. {_iso(v.data_range[1])}"
+        out.append({"name": v.name, "version": v.version, "stage": v.stage, "metrics": dict(v.metrics),
+                    "lineage": {k: x for k, x in lineage.items() if x}, "created_at": v.created_at})
+    return out
+
+
+def _drift(state: Any) -> list[dict[str, Any]]:
+    """Per-feature drift from the app's monitors (`ServiceMonitor.report()`), when the app keeps any."""
+    monitors = getattr(state, "monitors", None) or {}
+    single = getattr(state, "monitor", None)
+    if single is not None:
+        monitors = {"": single, **monitors}
+    out = []
+    for monitor in monitors.values():
+        report = monitor.report(evaluate=True)
+        for feature, d in sorted(report.get("features", {}).items()):
+            out.append({"feature": feature, "status": d.get("status"), "score": d.get("psi"),
+                        "detail": {k: d[k] for k in ("ks_statistic", "served_count", "served_null_rate")
+                                   if d.get(k) is not None}})
+    return out
+
+
+def _iso(ms: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M")
