@@ -1,0 +1,111 @@
+"""`create_app(settings, repo=None)`: the FastAPI app and the lifespan that owns its pools.
+
+The lifespan builds, once per app: the redis.asyncio pool (short socket
+timeouts, no retries, so a dead Redis answers 503 in well under a second and
+a restarted one is used again by the next request), the `OnlineReader`, the
+model registry and its cache, the prediction log (Kafka, buffered, never
+blocking), the event publisher for push (started on first use), and a
+Prometheus registry of its own. Each resource has one router.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import redis.asyncio as aioredis
+import structlog
+from fastapi import FastAPI
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from feature_store.expressions import derived_expressions
+from feature_store.models import ModelRegistry
+from feature_store.online import KeyLayout, OnlineReader
+from feature_store.repo import FeatureRepo
+from feature_store.settings import Settings
+from serving.errors import install_error_handlers
+from serving.model_cache import ModelCache
+from serving.prediction_log import PredictionLog
+from serving.routers import features, health, models, predict, push, ui
+from serving.routers import metrics as metrics_route
+from serving.state import ServingConfig, ServingState
+from serving.telemetry import Metrics, MetricsMiddleware
+
+__all__ = ["create_app"]
+
+log = structlog.get_logger("serving")
+
+
+def _redis(url: str, config: ServingConfig) -> aioredis.Redis:
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=config.redis_timeout_s,
+        socket_connect_timeout=config.redis_timeout_s,
+        health_check_interval=30,
+        retry=Retry(NoBackoff(), 0),
+        max_connections=256,
+    )
+
+
+def _load_repo(settings: Settings, repo_path: Path | None) -> FeatureRepo:
+    from feature_store.registry import load_live_repo
+
+    return load_live_repo(settings, repo_path)
+
+
+def create_app(settings: Settings, repo: FeatureRepo | None = None, *, repo_path: Path | None = None,
+               config: ServingConfig | None = None) -> FastAPI:
+    """The serving app. Without `repo`, definitions come from the registry (else the file at `repo_path`).
+
+    Derived features of every service are checked here, so a bad expression
+    fails the start (DefinitionError), not a request.
+    """
+    config = config or ServingConfig()
+    repo = repo if repo is not None else _load_repo(settings, repo_path)
+    for service in repo.services.values():
+        derived_expressions(service, repo)
+    metrics = Metrics()
+    registry = ModelRegistry.from_settings(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state: ServingState = app.state.serving
+        if settings.redis:
+            state.redis = _redis(settings.redis, config)
+            state.reader = OnlineReader(state.redis, KeyLayout(config.key_prefix))
+        await state.prediction_log.start()
+        log.info("serving_started", redis=bool(settings.redis), kafka=bool(settings.kafka),
+                 services=sorted(repo.services), models=len(registry.names()))
+        try:
+            yield
+        finally:
+            await state.prediction_log.stop()
+            await state.close_publisher()
+            if state.redis is not None:
+                await state.redis.aclose()
+                state.redis = None
+                state.reader = None
+
+    app = FastAPI(
+        title="featurestream",
+        summary="Online features, predictions and the model registry of a streaming feature store.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.serving = ServingState(
+        settings=settings, config=config, repo=repo, metrics=metrics, models=registry,
+        model_cache=ModelCache(registry, ttl_s=config.model_ttl_s),
+        prediction_log=PredictionLog(settings.kafka, metrics, topic=config.prediction_topic,
+                                     partitions=settings.partitions, max_buffered=config.prediction_buffer),
+    )
+    # what the dashboard router (serving/routers/ui.py) reads from app.state
+    app.state.settings = settings
+    app.state.repo = repo
+    app.state.dashboard_models = lambda: [v.to_dict() for v in registry.list()]
+    install_error_handlers(app)
+    for module in (features, predict, push, models, health, metrics_route, ui):
+        app.include_router(module.router)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app

@@ -1,0 +1,143 @@
+"""The prediction log: every answered prediction as a `PREDICTION_LOG` record on Kafka.
+
+A prediction never waits for Kafka. `record()` puts the record in a bounded
+queue (dropped and counted when full); a background task hands queued
+records to an aiokafka producer. Without a configured broker, or while it is
+down, records wait in the queue (the in-memory buffer) and the task keeps
+reconnecting. The stream worker appends the topic to the offline store, so
+labels can be joined to predictions by `request_id`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+import structlog
+
+from schemas import PREDICTION_LOG
+from serving.telemetry import Metrics
+
+__all__ = ["PREDICTION_TOPIC", "PredictionLog"]
+
+PREDICTION_TOPIC = "_predictions"
+log = structlog.get_logger("serving.prediction_log")
+
+
+class PredictionLog:
+    """Bounded, non-blocking writer of prediction records to `topic`."""
+
+    def __init__(self, bootstrap: str | None, metrics: Metrics, *, topic: str = PREDICTION_TOPIC,
+                 partitions: int = 1, max_buffered: int = 10_000, retry_s: float = 2.0) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.partitions = partitions
+        self.metrics = metrics
+        self.retry_s = retry_s
+        self.queue: asyncio.Queue[tuple[bytes, bytes]] = asyncio.Queue(maxsize=max_buffered)
+        self.dropped = 0
+        self.sent = 0
+        self.connected = False
+        self._task: asyncio.Task[None] | None = None
+        self._producer: Any = None
+
+    def record(self, *, request_id: str, model: str, model_version: int, served_at: int,
+               entity_keys: Mapping[str, Any], features: Mapping[str, Any], prediction: float, fallback: bool,
+               service: str) -> None:
+        """Queue one record; never blocks. Drops (and counts) when the buffer is full."""
+        value = {
+            "request_id": request_id, "model": model, "model_version": model_version, "served_at": served_at,
+            "entity_keys": orjson.dumps(dict(entity_keys)).decode(),
+            "features": orjson.dumps(dict(features), option=orjson.OPT_NON_STR_KEYS).decode(),
+            "prediction": float(prediction), "fallback": fallback, "service": service,
+        }
+        try:
+            self.queue.put_nowait((request_id.encode(), orjson.dumps(value)))
+        except asyncio.QueueFull:
+            self.dropped += 1
+            self.metrics.prediction_log_dropped.inc()
+        self.metrics.prediction_log_buffered.set(self.queue.qsize())
+
+    @staticmethod
+    def validate(record: bytes) -> dict[str, Any]:
+        """The record checked against the `PREDICTION_LOG` schema (used by tests and the worker)."""
+        return PREDICTION_LOG.validate(orjson.loads(record))
+
+    async def start(self) -> None:
+        if self.bootstrap and self._task is None:
+            self._task = asyncio.create_task(self._run(), name="prediction-log")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        await self._close_producer()
+
+    async def _close_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        self.connected = False
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), timeout=2.0)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._connect()
+                await self._drain()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # broker down or gone: keep buffering, reconnect later
+                log.warning("prediction_log_unavailable", error=type(exc).__name__, detail=str(exc)[:200],
+                            buffered=self.queue.qsize())
+                await self._close_producer()
+                await asyncio.sleep(self.retry_s)
+
+    async def _connect(self) -> None:
+        if self._producer is not None:
+            return
+        from aiokafka import AIOKafkaProducer
+        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+        from aiokafka.errors import TopicAlreadyExistsError
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
+        try:
+            await admin.start()
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics([NewTopic(self.topic, self.partitions, 1)])
+        finally:
+            with contextlib.suppress(Exception):
+                await admin.close()
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks=1, linger_ms=5,
+                                    enable_idempotence=False, request_timeout_ms=5000)
+        await producer.start()
+        self._producer = producer
+        self.connected = True
+        log.info("prediction_log_connected", topic=self.topic)
+
+    async def _drain(self) -> None:
+        producer = self._producer
+        while True:
+            key, value = await self.queue.get()
+            batch = [(key, value)]
+            while not self.queue.empty() and len(batch) < 500:
+                batch.append(self.queue.get_nowait())
+            futures = [await producer.send(self.topic, value=v, key=k) for k, v in batch]
+            try:
+                await asyncio.gather(*futures)
+            except Exception:
+                for item in batch:  # put them back if there is room; the count of drops stays honest
+                    try:
+                        self.queue.put_nowait(item)
+                    except asyncio.QueueFull:
+                        self.dropped += 1
+                        self.metrics.prediction_log_dropped.inc()
+                raise
+            self.sent += len(batch)
+            self.metrics.prediction_log_sent.inc(len(batch))
+            self.metrics.prediction_log_buffered.set(self.queue.qsize())

@@ -1,0 +1,1 @@
+"""One APIRouter per resource: features, predict, push, models, health, metrics, ui (dashboard)."""

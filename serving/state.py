@@ -1,0 +1,89 @@
+"""What the app's lifespan builds and owns, handed to routes through `get_state`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from fastapi import Request
+
+from feature_store.definitions import FeatureService
+from feature_store.errors import BrokerUnavailable
+from feature_store.models import ModelRegistry
+from feature_store.online import OnlineReader
+from feature_store.publish import EventPublisher
+from feature_store.repo import FeatureRepo
+from feature_store.settings import Settings
+from serving.model_cache import ModelCache
+from serving.prediction_log import PredictionLog
+from serving.telemetry import Metrics
+from serving.vectors import FeatureQuery, build_query
+
+__all__ = ["ServingConfig", "ServingState", "get_state"]
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Serving knobs that are not deployment settings; defaults suit production."""
+
+    max_entities: int = 1000
+    redis_timeout_s: float = 0.3
+    key_prefix: str = "fs"
+    prediction_topic: str = "_predictions"
+    prediction_buffer: int = 10_000
+    model_ttl_s: float = 1.0
+    max_push_events: int = 10_000
+    push_retry_s: float = 5.0
+
+
+@dataclass
+class ServingState:
+    settings: Settings
+    config: ServingConfig
+    repo: FeatureRepo
+    metrics: Metrics
+    models: ModelRegistry
+    model_cache: ModelCache
+    prediction_log: PredictionLog
+    redis: aioredis.Redis | None = None
+    reader: OnlineReader | None = None
+    _queries: dict[Any, FeatureQuery] = field(default_factory=dict)
+    _publisher: EventPublisher | None = None
+
+    def query(self, *, service: str | None = None, refs: tuple[str, ...] | None = None) -> FeatureQuery:
+        """The resolved query of a service or a ref list, cached (bounded) after the first request."""
+        key = ("s", service) if service is not None else ("r", refs)
+        found = self._queries.get(key)
+        if found is None:
+            found = build_query(self.repo, service=service, refs=refs)
+            if len(self._queries) > 1024:
+                self._queries.clear()
+            self._queries[key] = found
+        return found
+
+    def service(self, name: str) -> FeatureService:
+        return self.repo.service(name)
+
+    async def publisher(self) -> EventPublisher:
+        """The push route's publisher, connected on first use (BrokerUnavailable -> 503)."""
+        if not self.settings.kafka:
+            raise BrokerUnavailable("push needs Kafka; set FEATURESTREAM_KAFKA (or run `featurestream up`)")
+        if self._publisher is None:
+            self._publisher = EventPublisher(self.settings, self.repo, retry_s=self.config.push_retry_s)
+        try:
+            await self._publisher.start()
+        except BrokerUnavailable:
+            self._publisher = None
+            raise
+        return self._publisher
+
+    async def close_publisher(self) -> None:
+        publisher, self._publisher = self._publisher, None
+        if publisher is not None:
+            await publisher.stop()
+
+
+def get_state(request: Request) -> ServingState:
+    state: ServingState = request.app.state.serving
+    return state
