@@ -114,8 +114,11 @@ class Registry:
         self._cache_lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self._connection() as con:
+            con = sqlite3.connect(self.path, timeout=_BUSY_MS / 1000, isolation_level=None)
+            try:
                 self._prepare(con)
+            finally:
+                con.close()
         except (sqlite3.Error, OSError) as exc:
             raise RegistryError(
                 f"cannot open the registry {str(self.path)!r}: {exc}; point FEATURESTREAM_REGISTRY at a writable "
