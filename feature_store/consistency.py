@@ -43,6 +43,7 @@ __all__ = [
     "checkable_features",
     "compare",
     "export_gauge",
+    "feature_ref",
     "find_prediction_log",
     "load_served",
     "values_match",
@@ -60,7 +61,11 @@ class ConsistencyError(FeatureStoreError):
 
 @dataclass(frozen=True, slots=True)
 class ServedRow:
-    """One served prediction: who, when, and the feature values the model saw ('view:feature' -> value)."""
+    """One served prediction: who, when, and the inputs the model saw.
+
+    `features` maps input names to values: 'view__feature' as serving logs
+    model inputs (or 'view:feature'), plus request fields and derived values.
+    """
 
     request_id: str
     served_at: int
@@ -192,18 +197,27 @@ def compare(
     return ConsistencyReport(rows=len(rows), features=results, skipped=sorted(skipped))
 
 
-def checkable_features(repo: FeatureRepo, rows: Sequence[ServedRow]) -> tuple[list[str], list[str]]:
-    """Split the served feature names into ('view:feature' refs the repo resolves, everything else)."""
-    names = sorted({name for row in rows for name in row.features})
-    checkable, skipped = [], []
-    for name in names:
-        view_name, sep, feature = name.partition(":")
+def feature_ref(repo: FeatureRepo, name: str) -> str | None:
+    """The 'view:feature' a served input name stands for ('view:feature' or the model input 'view__feature')."""
+    for sep in (":", "__"):
+        view_name, found, feature = name.partition(sep)
         view = repo.views.get(view_name)
-        if sep and view is not None and view.offline and feature in view.feature_names:
-            checkable.append(name)
-        else:
-            skipped.append(name)
-    return checkable, skipped
+        if found and view is not None and view.offline and feature in view.feature_names:
+            return f"{view_name}:{feature}"
+    return None
+
+
+def checkable_features(repo: FeatureRepo, rows: Sequence[ServedRow]) -> tuple[list[ServedRow], list[str], list[str]]:
+    """Rows with feature inputs renamed to 'view:feature', the refs to check, and the skipped input names."""
+    names = sorted({name for row in rows for name in row.features})
+    refs = {name: feature_ref(repo, name) for name in names}
+    skipped = [name for name, ref in refs.items() if ref is None]
+    renamed = [
+        ServedRow(row.request_id, row.served_at, row.entity_keys,
+                  {ref: value for name, value in row.features.items() if (ref := refs[name]) is not None})
+        for row in rows
+    ]
+    return renamed, sorted({ref for ref in refs.values() if ref is not None}), skipped
 
 
 # ---------------------------------------------------------------- the prediction log
@@ -290,11 +304,11 @@ def check(
     max_examples: int = 3,
 ) -> ConsistencyReport:
     """Recompute the checkable features of `rows` with the batch path and compare them with what was served."""
-    features, skipped = checkable_features(repo, rows)
-    if not rows or not features:
+    renamed, features, skipped = checkable_features(repo, rows)
+    if not renamed or not features:
         return ConsistencyReport(rows=len(rows), features={}, skipped=skipped)
-    again = recompute(features, rows)
-    return compare(rows, again, features, max_examples=max_examples, skipped=skipped)
+    again = recompute(features, renamed)
+    return compare(renamed, again, features, max_examples=max_examples, skipped=skipped)
 
 
 def batch_recompute(repo: FeatureRepo, data_dir: Path, *, progress: Callable[[float], None] | None = None) -> Recompute:

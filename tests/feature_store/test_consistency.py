@@ -182,7 +182,9 @@ def store(tmp_path: Path) -> tuple[Path, list[ServedRow]]:
     rows = []
     for i in range(40):
         user, t = f"u{rng.randrange(7)}", T0 + rng.randrange(0, 100 * MIN)  # u6 never transacts
-        features = {**_oracle(events, user, t), "amount": 12.5}  # a request field: not checkable
+        # named as serving logs model inputs ('view__feature'); one row uses refs, both must work
+        served = {k if i == 0 else k.replace(":", "__"): v for k, v in _oracle(events, user, t).items()}
+        features = {**served, "amount": 12.5}  # a request field: not checkable
         rows.append(ServedRow(f"req{i}", t, {"user": user, "merchant": "m0"}, features))
     _write_predictions(tmp_path, rows)
     return tmp_path, rows
@@ -204,7 +206,7 @@ def test_served_values_from_the_oracle_match_the_batch_path_100_percent(store: t
 def test_a_wrong_served_value_is_reported_with_its_example(store: tuple[Path, list[ServedRow]]) -> None:
     data_dir, rows = store
     bad = rows[7]
-    wrong = dict(bad.features, **{"user_spend:txn_count_5m": bad.features["user_spend:txn_count_5m"] + 1})
+    wrong = dict(bad.features, user_spend__txn_count_5m=bad.features["user_spend__txn_count_5m"] + 1)
     rows[7] = ServedRow(bad.request_id, bad.served_at, bad.entity_keys, wrong)
     _write_predictions(data_dir, rows)
     repo = load_repo(CARD_FRAUD)
@@ -248,7 +250,7 @@ def test_cli_exits_1_below_the_threshold_and_0_at_it(store: tuple[Path, list[Ser
 
     bad = rows[0]
     rows[0] = ServedRow(bad.request_id, bad.served_at, bad.entity_keys,
-                        dict(bad.features, **{"user_last_txn:amount": -1.0}))
+                        dict(bad.features, **{"user_last_txn:amount": -1.0}))  # row 0 uses refs
     _write_predictions(data_dir, rows)
     failed = runner.invoke(app, ["consistency"])
     assert failed.exit_code != 0
