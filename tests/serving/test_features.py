@@ -1,0 +1,130 @@
+"""`POST /v1/features` against the real Redis: values, statuses, ages, staleness policies, derived, errors."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from starlette.testclient import TestClient
+
+from tests.serving.conftest import OnlineWriter, last, profile, spend
+
+pytestmark = pytest.mark.integration
+
+
+def _now() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def test_service_vector_with_every_status(client: TestClient, store: OnlineWriter) -> None:
+    now = _now()
+    store.events(spend, "u1", [(now - 60_000, {"amount": 10.0}), (now - 30_000, {"amount": 30.0})])
+    store.latest(last, "u1", now - 2 * 3_600_000, [5.0, "FR"])  # 2 h old: stale under the 10 min policies
+    response = client.post("/v1/features", json={"service": "svc", "entities": [{"user_id": "u1"}, {"user_id": "u2"}],
+                                                 "request": {"amount": 40.0}})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["read_at"] >= now
+    u1, u2 = (r["features"] for r in body["results"])
+    assert u1["spend:count_1h"]["value"] == 2
+    assert u1["spend:count_1h"]["status"] == "present"
+    assert 30_000 <= u1["spend:count_1h"]["age_ms"] < 40_000
+    assert u1["spend:amount_sum_1h"]["value"] == pytest.approx(40.0)
+    assert u1["spend:amount_mean_1h"]["value"] == pytest.approx(20.0)
+    assert u1["last:amount"] == {"value": 5.0, "status": "stale", "age_ms": u1["last:amount"]["age_ms"]}
+    assert u1["last:amount"]["age_ms"] >= 2 * 3_600_000
+    assert u1["last:country"]["status"] == "stale"
+    assert u1["last:country"]["value"] is None  # policy 'default': the declared default
+    assert u1["profile:age"] == {"value": None, "status": "missing", "age_ms": None}
+    assert u1["ratio"]["value"] == pytest.approx(2.0)  # 40 / mean 20
+    # an entity without events: window defaults, latest missing, derived falls back to coalesce
+    assert u2["spend:count_1h"] == {"value": 0, "status": "default", "age_ms": None}
+    assert u2["spend:amount_sum_1h"] == {"value": None, "status": "default", "age_ms": None}
+    assert u2["last:amount"]["status"] == "missing"
+    assert u2["ratio"]["value"] == pytest.approx(1.0)
+
+
+def test_fresh_values_are_present(client: TestClient, store: OnlineWriter) -> None:
+    now = _now()
+    store.latest(last, "u3", now - 1_000, [7.5, "US"])
+    store.latest(profile, "u3", now - 10 * 86_400_000, [42])
+    body = client.post("/v1/features", json={"features": ["last:amount", "last:country", "profile:age"],
+                                             "entities": [{"user_id": "u3"}]}).json()
+    values = body["results"][0]["features"]
+    assert values["last:amount"]["value"] == 7.5
+    assert values["last:amount"]["status"] == "present"
+    assert values["last:country"]["value"] == "US"
+    assert values["profile:age"]["value"] == 42  # no service: no staleness policy applies
+    assert values["profile:age"]["status"] == "present"
+
+
+def test_reject_policy_answers_409(client: TestClient, store: OnlineWriter) -> None:
+    store.latest(last, "u4", _now() - 3_600_000, [1.0, "US"])
+    response = client.post("/v1/features", json={"service": "strict", "entities": [{"user_id": "u4"}]})
+    assert response.status_code == 409
+    assert "policy reject" in response.json()["detail"]
+    assert client.post("/v1/features", json={"service": "strict", "entities": [{"user_id": "nobody"}]}
+                       ).status_code == 200
+
+
+def test_per_entity_request_fields(client: TestClient, store: OnlineWriter) -> None:
+    now = _now()
+    store.events(spend, "a", [(now - 1_000, {"amount": 10.0})])
+    body = client.post("/v1/features", json={
+        "service": "svc", "entities": [{"user_id": "a"}, {"user_id": "b"}],
+        "request": [{"amount": 5.0}, {"amount": None}]}).json()
+    assert body["results"][0]["features"]["ratio"]["value"] == pytest.approx(0.5)
+    assert body["results"][1]["features"]["ratio"] == {"value": None, "status": "missing", "age_ms": None}
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "fragment"),
+    [
+        ({"service": "nope", "entities": [{"user_id": "u"}]}, 404, "unknown feature service 'nope'"),
+        ({"features": ["spend:nope"], "entities": [{"user_id": "u"}]}, 404, "has no feature 'nope'"),
+        ({"features": ["ghost:x"], "entities": [{"user_id": "u"}]}, 404, "unknown feature view 'ghost'"),
+        ({"features": ["spend"], "entities": [{"user_id": "u"}]}, 422, "is not a 'view:feature' reference"),
+        ({"features": ["last:amount", "last:amount"], "entities": [{"user_id": "u"}]}, 422, "listed twice"),
+        ({"service": "svc", "entities": [{"merchant": "m"}]}, 422, "has no 'user_id'"),
+        ({"service": "svc", "entities": [{"user_id": ""}]}, 422, "non-empty string"),
+        ({"service": "svc", "entities": []}, 422, "entities"),
+        ({"service": "svc", "features": ["last:amount"], "entities": [{"user_id": "u"}]}, 422, "exactly one"),
+        ({"entities": [{"user_id": "u"}]}, 422, "exactly one"),
+        ({"service": "svc", "entities": [{"user_id": "u"}], "request": {"amount": "x"}}, 422,
+         "request.amount must be float"),
+        ({"service": "svc", "entities": [{"user_id": "u"}], "request": {"amt": 1}}, 422, "'amt' is not declared"),
+        ({"service": "svc", "entities": [{"user_id": "u"}], "request": [{}, {}]}, 422, "2 items for 1 entities"),
+        ({"service": "svc", "entities": [{"user_id": "u"}], "extra": 1}, 422, "extra"),
+        ({"service": "svc", "entities": [{"user_id": f"u{i}"} for i in range(51)]}, 413, "at most 50"),
+    ],
+)
+def test_bad_requests_say_what_to_fix(client: TestClient, payload: dict[str, object], status: int,
+                                      fragment: str) -> None:
+    response = client.post("/v1/features", json=payload)
+    assert response.status_code == status, response.text
+    assert fragment in response.text
+
+
+def test_not_json_is_422(client: TestClient) -> None:
+    response = client.post("/v1/features", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 422
+
+
+def test_metrics_count_statuses_and_latency(client: TestClient, store: OnlineWriter) -> None:
+    store.latest(last, "m1", _now() - 500, [1.0, "US"])
+    client.post("/v1/features", json={"features": ["last:amount"], "entities": [{"user_id": "m1"},
+                                                                                {"user_id": "m2"}]})
+    text = client.get("/metrics").text
+    assert 'featurestream_feature_values_total{feature="last:amount",status="present"} 1.0' in text
+    assert 'featurestream_feature_values_total{feature="last:amount",status="missing"} 1.0' in text
+    assert 'featurestream_http_request_seconds_count{method="POST",route="/v1/features",status="200"} 1.0' in text
+    assert "featurestream_online_read_seconds_count 1.0" in text
+    assert 'featurestream_feature_age_seconds_count{feature="last:amount"} 1.0' in text
+
+
+def test_health_and_ready(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["status"] == "ready"
+    assert client.get("/openapi.json").status_code == 200
