@@ -1,0 +1,173 @@
+"""Append consumed events to the Parquet event log, per partition, without loss or duplicates.
+
+Rows are buffered per partition and rolled into a file when the buffer holds
+`max_rows` rows or is `max_age_s` old. A file is written under a temporary
+name and renamed into place (`layout.log_file_path`): its name states the
+offset range it covers, and its metadata holds the partition watermark after
+its last row, so after a crash the log itself says how far it is durable and
+what the watermark was there. The stream worker resumes from that point and
+logs what the crash lost; rows at or below the durable offset are never
+written again.
+
+Writers of one partition on one machine serialize on a lock file, and each
+re-reads the durable offset under the lock and drops rows already logged, so
+even a zombie worker that lost its partition cannot duplicate rows.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from feature_store.offline.layout import log_dir, log_file_path, parse_log_file
+
+__all__ = ["WATERMARK_KEY", "EventLogWriter", "LogPosition"]
+
+WATERMARK_KEY = b"featurestream.watermark"
+"""Parquet metadata key: the partition watermark (epoch ms) after the file's last row."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogPosition:
+    offset: int  # last offset logged (durable or buffered)
+    watermark: int  # partition watermark after it
+
+
+class _Buffer:
+    __slots__ = ("rows", "since", "tables", "watermark")
+
+    def __init__(self) -> None:
+        self.tables: list[pa.Table] = []
+        self.rows = 0
+        self.since = 0.0
+        self.watermark = 0  # after the last buffered row
+
+
+class EventLogWriter:
+    """The event log of one stream source: buffered appends, atomic files, durable positions."""
+
+    def __init__(self, data_dir: Path, source: str, schema: pa.Schema, *, max_rows: int = 100_000,
+                 max_age_s: float = 5.0) -> None:
+        self._dir = log_dir(data_dir, source)
+        self._data_dir = data_dir
+        self._source = source
+        self._schema = schema
+        self._max_rows = max_rows
+        self._max_age_s = max_age_s
+        self._buffers: dict[int, _Buffer] = {}
+        self._positions: dict[int, LogPosition] = {}
+
+    # -- positions ---------------------------------------------------------------------
+
+    def durable(self, partition: int) -> LogPosition | None:
+        """The last offset of `partition` in a committed file, and the watermark there (None: empty log)."""
+        best = None
+        for path in self._dir.glob(f"date=*/p{partition}-*.parquet"):
+            parsed = parse_log_file(path)
+            if parsed is not None and parsed.partition == partition and (best is None or parsed.last > best.last):
+                best = parsed
+        if best is None:
+            return None
+        metadata = pq.read_schema(best.path).metadata or {}
+        return LogPosition(best.last, int(metadata.get(WATERMARK_KEY, b"0")))
+
+    def open_partition(self, partition: int) -> LogPosition | None:
+        """Start logging `partition` from its durable position (drops any stale buffer)."""
+        self._buffers.pop(partition, None)
+        position = self.durable(partition)
+        if position is None:
+            self._positions.pop(partition, None)
+        else:
+            self._positions[partition] = position
+        return position
+
+    def position(self, partition: int) -> LogPosition | None:
+        """Last offset appended (buffered or durable) and the watermark after it."""
+        return self._positions.get(partition)
+
+    # -- appending ---------------------------------------------------------------------
+
+    def append(self, partition: int, table: pa.Table, last_offset: int, watermark: int) -> None:
+        """Buffer rows whose offsets all follow the current position."""
+        self._positions[partition] = LogPosition(last_offset, watermark)
+        if table.num_rows == 0:
+            return
+        buffer = self._buffers.setdefault(partition, _Buffer())
+        if not buffer.tables:
+            buffer.since = time.monotonic()
+        buffer.tables.append(table)
+        buffer.rows += table.num_rows
+        buffer.watermark = watermark
+
+    def due(self) -> list[int]:
+        """Partitions whose buffer is full or old enough to roll into a file."""
+        now = time.monotonic()
+        return [p for p, b in self._buffers.items()
+                if b.tables and (b.rows >= self._max_rows or now - b.since >= self._max_age_s)]
+
+    def buffered(self) -> int:
+        return sum(b.rows for b in self._buffers.values())
+
+    def flush(self, partition: int) -> Path | None:
+        """Commit the partition's buffer as one file (atomically); None when nothing new to write."""
+        buffer = self._buffers.pop(partition, None)
+        if buffer is None or not buffer.tables:
+            return None
+        table = pa.concat_tables(buffer.tables)
+        self._dir.mkdir(parents=True, exist_ok=True)
+        with self._lock(partition):
+            durable = self.durable(partition)
+            if durable is not None:  # another writer of this partition got there first: keep only what is new
+                table = table.filter(pc.greater(table["__offset"], durable.offset))
+            if table.num_rows == 0:
+                return None
+            offsets = table["__offset"]
+            first, last = pc.min(offsets).as_py(), pc.max(offsets).as_py()
+            ingest = table["__ingest_time"][0].as_py()
+            path = log_file_path(self._data_dir, self._source, partition, first, last, ingest)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            metadata = dict(self._schema.metadata or {})
+            metadata[WATERMARK_KEY] = str(buffer.watermark).encode()
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            pq.write_table(table.replace_schema_metadata(metadata), tmp, compression="zstd")
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        return path
+
+    def flush_all(self) -> None:
+        for partition in list(self._buffers):
+            self.flush(partition)
+
+    def close_partition(self, partition: int) -> None:
+        """Flush and forget a partition (it was revoked from this worker)."""
+        self.flush(partition)
+        self._positions.pop(partition, None)
+
+    def _lock(self, partition: int) -> _FileLock:
+        locks = self._dir / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        return _FileLock(locks / f"p{partition}.lock")
+
+
+class _FileLock:
+    """An exclusive flock held for a `with` block."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._fd = -1
+
+    def __enter__(self) -> None:
+        self._fd = os.open(self._path, os.O_CREAT | os.O_RDWR, 0o644)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)

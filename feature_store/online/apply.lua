@@ -1,0 +1,110 @@
+-- Apply one micro-batch of one source partition to the online store, atomically and fenced.
+--
+-- KEYS[1]        the partition's offset key (HASH: offset, watermark)
+-- KEYS[2..]      the state keys the batch touches, all in the partition's hash tag
+-- ARGV[1]        the offset the writer believes is stored (-1: none); anything else refuses the batch
+-- ARGV[2]        first offset of the batch (must be beyond the stored one)
+-- ARGV[3]        last offset of the batch, stored on success
+-- ARGV[4]        partition watermark after the batch (event time ms), stored on success
+-- ARGV[5]        msgpack list of merge-op lists, one per tile layout (TileLayout.ops)
+-- ARGV[6]        msgpack list of items, item i for KEYS[i + 1]:
+--                  tiles:  {1, layout, pexpire_ms, keep_ms, tile_start, packed_stats, ...}
+--                  latest: {2, 0, pexpire_ms, 0, event_time, tie, seq, packed_value}
+-- Returns {'applied', last} or {'fenced', stored}.
+
+local stored = redis.call('HGET', KEYS[1], 'offset')
+local stored_n = -1
+if stored then stored_n = tonumber(stored) end
+if stored_n ~= tonumber(ARGV[1]) or tonumber(ARGV[2]) <= stored_n then
+  return {'fenced', tostring(stored_n)}
+end
+
+-- parse "add" | "newest" | "last" | "lastpart" | "min:<n>" | "max:<n>" | "m2:<n>:<s>" once
+local layouts = {}
+for li, ops in ipairs(cmsgpack.unpack(ARGV[5])) do
+  local parsed = {}
+  for i, op in ipairs(ops) do
+    local kind, a, b = string.match(op, '^(%w+):?(%d*):?(%d*)$')
+    parsed[i] = {kind, tonumber(a), tonumber(b)}
+  end
+  layouts[li] = parsed
+end
+
+local function merge(ops, a, b)
+  local out = {}
+  for i = 1, #ops do out[i] = a[i] end
+  for i = 1, #ops do
+    local kind = ops[i][1]
+    if kind == 'add' then
+      out[i] = a[i] + b[i]
+    elseif kind == 'newest' then
+      if b[i] > a[i] then out[i] = b[i] end
+    elseif kind == 'min' or kind == 'max' then
+      local n = ops[i][2]
+      if a[n] == 0 then
+        out[i] = b[i]
+      elseif b[n] ~= 0 then
+        if (kind == 'min' and b[i] < a[i]) or (kind == 'max' and b[i] > a[i]) then out[i] = b[i] end
+      end
+    elseif kind == 'm2' then
+      local n, s = ops[i][2], ops[i][3]
+      local na, nb = a[n], b[n]
+      if na == 0 then
+        out[i] = b[i]
+      elseif nb ~= 0 then
+        local delta = b[s] / nb - a[s] / na
+        out[i] = a[i] + b[i] + delta * delta * na * nb / (na + nb)
+      end
+    elseif kind == 'last' then
+      -- lt, lk, lq, lv sit at i .. i+3; the newer (lt, lk, lq) wins all four
+      if b[i] > a[i] or (b[i] == a[i] and (b[i + 1] > a[i + 1] or (b[i + 1] == a[i + 1] and b[i + 2] > a[i + 2]))) then
+        out[i], out[i + 1], out[i + 2], out[i + 3] = b[i], b[i + 1], b[i + 2], b[i + 3]
+      end
+    end
+  end
+  return out
+end
+
+local function newer(t, k, q, cur)
+  return t > cur[1] or (t == cur[1] and (k > cur[2] or (k == cur[2] and q > cur[3])))
+end
+
+for index, item in ipairs(cmsgpack.unpack(ARGV[6])) do
+  local key = KEYS[index + 1]
+  if item[1] == 1 then
+    local ops = layouts[item[2]]
+    local created = false
+    for j = 5, #item, 2 do
+      local field, packed = item[j], item[j + 1]
+      local cur = redis.call('HGET', key, field)
+      if cur then
+        packed = cmsgpack.pack(merge(ops, cmsgpack.unpack(cur), cmsgpack.unpack(packed)))
+      else
+        created = true
+      end
+      redis.call('HSET', key, field, packed)
+    end
+    -- a new tile: drop tiles no read can reach any more (older than the newest tile - keep_ms)
+    local keep = item[4]
+    if created and keep > 0 then
+      local fields = redis.call('HKEYS', key)
+      local newest = nil
+      for _, f in ipairs(fields) do
+        local v = tonumber(f)
+        if newest == nil or v > newest then newest = v end
+      end
+      for _, f in ipairs(fields) do
+        if tonumber(f) < newest - keep then redis.call('HDEL', key, f) end
+      end
+    end
+  else
+    local cur = redis.call('GET', key)
+    if (not cur) or newer(item[5], item[6], item[7], cmsgpack.unpack(cur)) then
+      redis.call('SET', key, item[8])
+    end
+  end
+  if item[3] > 0 then redis.call('PEXPIRE', key, item[3]) end
+end
+
+redis.call('HSET', KEYS[1], 'offset', ARGV[3], 'watermark', ARGV[4])
+return {'applied', ARGV[3]}

@@ -1,0 +1,138 @@
+"""Fenced, merging writes of one partition's micro-batch: the stream worker's only Redis write.
+
+`OnlineWriter.apply` runs `apply.lua` once per partition batch: it merges
+every tile (by `TileLayout.ops`, the same rules as `aggregates.merge`),
+replaces latest values when the new order (event_time, tie, seq) is larger,
+refreshes TTLs, and stores the batch's last offset and the partition
+watermark - all atomically, and only if the stored offset is the one the
+writer expects (compare-and-set) and below the batch's first offset. A batch
+that was already applied, or a zombie worker's batch, is refused ('fenced'),
+which gives exactly-once effect without Kafka transactions.
+
+The offset key is a HASH: `offset` (last applied offset) and `watermark`
+(max event time seen in the partition, epoch ms).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import msgpack
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from feature_store.aggregates import NO_ORDER, TileLayout
+from feature_store.errors import OnlineStoreUnavailable
+
+__all__ = ["NO_OFFSET", "ApplyResult", "LatestWrite", "OnlineWriter", "PartitionBatch", "Position", "TileWrite"]
+
+NO_OFFSET = -1
+"""Stored offset of a partition nothing was applied from yet."""
+
+APPLY_LUA = resources.files("feature_store.online").joinpath("apply.lua").read_text()
+
+
+@dataclass(frozen=True, slots=True)
+class TileWrite:
+    """Partial stats of some tiles of one entity and hop: (tile start, packed stats) pairs."""
+
+    key: str
+    layout: int  # index into PartitionBatch.layouts
+    pexpire_ms: int
+    keep_ms: int  # tiles older than the newest one minus this are dropped
+    tiles: Sequence[tuple[int, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class LatestWrite:
+    """The newest row of one entity in the batch, packed with `pack_latest`."""
+
+    key: str
+    pexpire_ms: int  # 0: no expiry
+    event_time: int
+    tie: int
+    seq: int
+    packed: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """What the online store has applied from one partition."""
+
+    offset: int  # NO_OFFSET when nothing yet
+    watermark: int  # NO_ORDER when no event yet
+
+
+@dataclass(slots=True)
+class PartitionBatch:
+    """Everything one script call writes for one partition."""
+
+    offset_key: str
+    expected_offset: int  # the stored offset this batch continues from
+    first_offset: int
+    last_offset: int
+    watermark: int
+    layouts: Sequence[TileLayout]
+    tiles: list[TileWrite] = field(default_factory=list)
+    latest: list[LatestWrite] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    applied: bool
+    stored_offset: int  # after the call: the batch's last offset, or what refused it
+
+
+def _check_ops(layout: TileLayout) -> list[str]:
+    ops = layout.ops
+    for i, op in enumerate(ops):  # the script relies on lt, lk, lq, lv being adjacent
+        if op == "last" and ops[i + 1:i + 4] != ["lastpart"] * 3:
+            raise AssertionError(f"layout {layout.view}/h{layout.hop_ms}: 'last' stats are not adjacent")
+    return ops
+
+
+class OnlineWriter:
+    """Applies partition batches with one EVALSHA each; reads stored positions."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+        self._script = redis.register_script(APPLY_LUA)
+
+    async def apply(self, batch: PartitionBatch) -> ApplyResult:
+        """Apply `batch` unless the stored offset is not `batch.expected_offset` (then 'fenced')."""
+        keys: list[str] = [batch.offset_key]
+        items: list[list[Any]] = []
+        for tile in batch.tiles:
+            keys.append(tile.key)
+            item: list[Any] = [1, tile.layout + 1, tile.pexpire_ms, tile.keep_ms]
+            for start, packed in tile.tiles:
+                item.append(str(start))
+                item.append(packed)
+            items.append(item)
+        for latest in batch.latest:
+            keys.append(latest.key)
+            items.append([2, 0, latest.pexpire_ms, 0, latest.event_time, latest.tie, latest.seq, latest.packed])
+        ops = msgpack.packb([_check_ops(layout) for layout in batch.layouts], use_bin_type=False)
+        args = [batch.expected_offset, batch.first_offset, batch.last_offset, batch.watermark, ops,
+                msgpack.packb(items, use_bin_type=False)]  # cmsgpack reads no bin type: bytes go as raw
+        try:
+            status, stored = await self._script(keys=keys, args=args)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise OnlineStoreUnavailable(f"Redis is unreachable ({type(exc).__name__}); the batch is retried") from None
+        return ApplyResult(applied=status in (b"applied", "applied"), stored_offset=int(stored))
+
+    async def positions(self, offset_keys: Sequence[str]) -> list[Position]:
+        """Stored (offset, watermark) for each offset key, in one round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        for key in offset_keys:
+            pipe.hmget(key, ["offset", "watermark"])
+        try:
+            replies = await pipe.execute()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise OnlineStoreUnavailable(f"Redis is unreachable ({type(exc).__name__}); retry shortly") from None
+        return [Position(offset=NO_OFFSET if off is None else int(off),
+                         watermark=NO_ORDER if wm is None else int(float(wm))) for off, wm in replies]

@@ -1,0 +1,231 @@
+"""Publish validated events to a stream source's topic: the code the SDK and HTTP push share.
+
+Events are validated against the source's schema *before* anything is sent;
+bad ones come back as per-event errors and never reach Kafka. Good ones are
+sent as orjson of the normalized event (timestamps as epoch ms), keyed by
+`entity_key_bytes(event[source.key])`, so Kafka's default partitioner puts
+them in the partition `partition_for` expects.
+
+When Kafka is down, sends are retried with bounded backoff for at most
+`retry_s`; at most `max_in_flight` events wait for acknowledgement at once
+(callers beyond that wait for room: a bounded buffer, not unbounded memory).
+Delivery is at-least-once: an event retried after a lost acknowledgement
+may arrive twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from feature_store.definitions import StreamSource
+from feature_store.errors import BrokerUnavailable, ConfigError, UnknownFeatureError
+from feature_store.online.keys import entity_key_bytes
+from feature_store.repo import FeatureRepo
+from feature_store.settings import Settings
+
+__all__ = ["EventPublisher", "PublishError", "PublishResult", "ensure_topics", "stream_source"]
+
+log = structlog.get_logger("featurestream.publish")
+
+
+@dataclass(frozen=True, slots=True)
+class PublishError:
+    """Why event `index` (its position in the call) was not published."""
+
+    index: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    published: int
+    errors: list[PublishError] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def _bootstrap(settings_or_bootstrap: Settings | str) -> str:
+    if isinstance(settings_or_bootstrap, str):
+        return settings_or_bootstrap
+    if not settings_or_bootstrap.kafka:
+        raise ConfigError("no Kafka to publish to: set FEATURESTREAM_KAFKA (or run `featurestream up`)")
+    return settings_or_bootstrap.kafka
+
+
+def stream_source(repo: FeatureRepo, source: str | StreamSource) -> StreamSource:
+    """The StreamSource named `source` (events can only be published to stream sources)."""
+    if isinstance(source, StreamSource):
+        return source
+    found = repo.source(source)
+    if not isinstance(found, StreamSource):
+        streams = sorted(s.name for s in repo.sources.values() if isinstance(s, StreamSource))
+        raise UnknownFeatureError(f"source {source!r} is a batch source; publish to a stream source ({streams})")
+    return found
+
+
+class EventPublisher:
+    """Validates and sends events of a repo's stream sources; use `async with` or start()/stop()."""
+
+    def __init__(self, settings_or_bootstrap: Settings | str, repo: FeatureRepo, *, max_in_flight: int = 50_000,
+                 retry_s: float = 30.0, linger_ms: int = 5) -> None:
+        self.bootstrap = _bootstrap(settings_or_bootstrap)
+        self.repo = repo
+        self._retry_s = retry_s
+        self._linger_ms = linger_ms
+        self._room = asyncio.Semaphore(max_in_flight)
+        self._max_in_flight = max_in_flight
+        self._producer: AIOKafkaProducer | None = None
+        self._start_lock = asyncio.Lock()
+
+    async def __aenter__(self) -> EventPublisher:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Connect to Kafka, retrying for up to `retry_s` (raises BrokerUnavailable after that)."""
+        async with self._start_lock:
+            if self._producer is not None:
+                return
+            deadline = time.monotonic() + self._retry_s
+            delay = 0.1
+            while True:
+                producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=self._linger_ms,
+                                            max_batch_size=256 * 1024, request_timeout_ms=10_000)
+                try:
+                    await producer.start()
+                    self._producer = producer
+                    return
+                except KafkaError as exc:
+                    await producer.stop()
+                    if time.monotonic() + delay > deadline:
+                        raise BrokerUnavailable(
+                            f"Kafka at {self.bootstrap} is unreachable ({type(exc).__name__}); start it or fix "
+                            f"FEATURESTREAM_KAFKA") from None
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def publish(self, source: str | StreamSource, event: Mapping[str, Any]) -> None:
+        """Validate and send one event; raises SchemaError (what to fix) or BrokerUnavailable."""
+        src = stream_source(self.repo, source)
+        normalized = src.schema.validate(event)
+        result = await self._send(src, [normalized], [0])
+        if result:
+            raise BrokerUnavailable(result[0].reason)
+
+    async def publish_many(self, source: str | StreamSource, events: Sequence[Mapping[str, Any] | bytes]
+                           ) -> PublishResult:
+        """Validate all, send the valid ones, and report each refused or undelivered event by index."""
+        src = stream_source(self.repo, source)
+        checked = src.schema.validate_batch(events)
+        errors = [PublishError(i, f"does not match {src.schema.label}: {reason}") for i, reason in checked.invalid]
+        failed = await self._send(src, checked.valid, checked.valid_index)
+        errors.extend(failed)
+        errors.sort(key=lambda e: e.index)
+        return PublishResult(published=len(checked.valid) - len(failed), errors=errors)
+
+    async def send_raw(self, topic: str, items: Sequence[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]) -> None:
+        """Send (key, value, headers) records as they are, with the same retries (dead letters use it)."""
+        await self._deliver(topic, list(items), list(range(len(items))))
+
+    async def _send(self, src: StreamSource, events: Sequence[dict[str, Any]], indexes: Sequence[int]
+                    ) -> list[PublishError]:
+        key = src.key
+        items = [(entity_key_bytes(e[key]), orjson.dumps(e), []) for e in events]
+        return await self._deliver(src.topic, items, list(indexes))
+
+    async def _deliver(self, topic: str, items: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]],
+                       indexes: list[int]) -> list[PublishError]:
+        if not items:
+            return []
+        await self.start()
+        deadline = time.monotonic() + self._retry_s
+        pending = list(range(len(items)))
+        delay = 0.1
+        last_error = ""
+        while pending:
+            futures: list[tuple[int, asyncio.Future[Any]]] = []
+            try:
+                for j in pending:
+                    await self._room.acquire()
+                    k, v, h = items[j]
+                    try:
+                        assert self._producer is not None
+                        fut = await self._producer.send(topic, value=v, key=k, headers=h or None)
+                    except BaseException:
+                        self._room.release()
+                        raise
+                    fut.add_done_callback(lambda _f: self._room.release())
+                    futures.append((j, fut))
+            except KafkaError as exc:
+                last_error = type(exc).__name__
+            results = await asyncio.gather(*(f for _, f in futures), return_exceptions=True)
+            sent = {j for (j, _), r in zip(futures, results, strict=True) if not isinstance(r, BaseException)}
+            for r in results:
+                if isinstance(r, BaseException):
+                    if not isinstance(r, KafkaError):
+                        raise r
+                    last_error = type(r).__name__
+            pending = [j for j in pending if j not in sent]
+            if pending:
+                if time.monotonic() + delay > deadline:
+                    break
+                log.warning("publish failed; retrying", topic=topic, events=len(pending), error=last_error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        return [PublishError(indexes[j], f"Kafka did not accept the event within {self._retry_s:g} s "
+                                         f"({last_error}); retry later") for j in pending]
+
+
+async def ensure_topics(settings_or_bootstrap: Settings | str, repo: FeatureRepo, *, replication: int = 1) -> list[str]:
+    """Create each stream source's topic (with `source.partitions`) and its `.dlq` topic; idempotent.
+
+    Returns the topics created now. An existing topic is left as it is.
+    """
+    bootstrap = _bootstrap(settings_or_bootstrap)
+    wanted: dict[str, int] = {}
+    for source in repo.sources.values():
+        if isinstance(source, StreamSource):
+            wanted[source.topic] = source.partitions
+            wanted[source.dlq_topic] = source.partitions
+    if not wanted:
+        return []
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        await admin.start()
+    except KafkaError as exc:
+        await admin.close()
+        raise BrokerUnavailable(f"Kafka at {bootstrap} is unreachable ({type(exc).__name__})") from None
+    try:
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(name=t, num_partitions=n, replication_factor=replication)
+                   for t, n in wanted.items() if t not in existing]
+        created: list[str] = []
+        for topic in missing:
+            try:
+                await admin.create_topics([topic])
+                created.append(topic.name)
+            except TopicAlreadyExistsError:
+                pass
+        return created
+    finally:
+        await admin.close()

@@ -1,0 +1,59 @@
+"""`featurestream worker`: run a stream worker (Faust app hosting the feature materializer)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from feature_store.settings import load_settings
+
+__all__ = ["worker"]
+
+
+def worker(
+    repo: Annotated[
+        Path | None,
+        typer.Option(help="Feature repo (.py file or folder with features.py), used when the registry is empty."),
+    ] = None,
+    kafka: Annotated[str | None, typer.Option(envvar="FEATURESTREAM_KAFKA", help="Kafka bootstrap servers.")] = None,
+    redis: Annotated[str | None, typer.Option(envvar="FEATURESTREAM_REDIS", help="Redis URL of the online store.")
+                     ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(envvar="FEATURESTREAM_DATA_DIR", help="Offline store root (event log).")
+    ] = None,
+    group: Annotated[
+        str | None, typer.Option(envvar="FEATURESTREAM_WORKER_GROUP", help="Consumer group shared by all workers.")
+    ] = None,
+    prefix: Annotated[
+        str | None, typer.Option(envvar="FEATURESTREAM_ONLINE_PREFIX", help="Redis key prefix of the online store.")
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(envvar="FEATURESTREAM_WORKER_METRICS_PORT", help="Serve Prometheus /metrics on this port."),
+    ] = None,
+    max_records: Annotated[int, typer.Option(help="Records per fetch (micro-batch size across partitions).")] = 5_000,
+    log_roll_rows: Annotated[int, typer.Option(help="Roll an event-log file after this many rows.")] = 100_000,
+    log_roll_seconds: Annotated[float, typer.Option(help="Roll an event-log file after this many seconds.")] = 5.0,
+) -> None:
+    """Consume every stream source into Redis (exactly-once effect) and the Parquet event log.
+
+    Bad events go to `<topic>.dlq` with their reason; late events are logged
+    with status `late`. Start several workers with the same group to share
+    partitions. Stops cleanly (event log flushed) on Ctrl-C or SIGTERM.
+    """
+    import faust
+
+    from feature_store.registry import load_live_repo
+    from streams.app import WorkerOptions, create_app
+
+    given: dict[str, Any] = {"kafka": kafka, "redis": redis, "data_dir": data_dir, "worker_group": group,
+                             "online_prefix": prefix, "worker_metrics_port": metrics_port}
+    settings = load_settings(**{k: v for k, v in given.items() if v is not None})
+    live = load_live_repo(settings, repo)
+    options = WorkerOptions(group_id=settings.worker_group, prefix=settings.online_prefix,
+                            metrics_port=settings.worker_metrics_port or 0, max_records=max_records,
+                            log_max_rows=log_roll_rows, log_max_age_s=log_roll_seconds)
+    app = create_app(settings, live, options)
+    faust.Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()

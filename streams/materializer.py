@@ -1,0 +1,374 @@
+"""The high-volume feature materializer: an aiokafka batch consumer with exactly-once effect in Redis.
+
+Per partition batch (`getmany(max_records=...)`): classify (validate, future,
+late; `streams.batch`), dead-letter the bad ones, compute tile stats and
+latest rows with DuckDB (`streams.views`), apply them with one fenced script
+call (`OnlineWriter`), then append every consumed event to the event log.
+
+Positions: Redis offsets are the truth. On every assignment a partition
+resumes at min(Redis offset, event-log offset) + 1 with the watermark that
+held there; events at or below the Redis offset are only logged, events at or
+below the log offset are only applied, so a kill -9 at any point loses and
+duplicates nothing. Kafka commits are not used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import redis.asyncio as aioredis
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from feature_store.aggregates import NO_ORDER
+from feature_store.definitions import StreamSource
+from feature_store.errors import OnlineStoreUnavailable
+from feature_store.offline.log_writer import EventLogWriter
+from feature_store.online.keys import KeyLayout
+from feature_store.online.writer import NO_OFFSET, OnlineWriter, PartitionBatch
+from feature_store.publish import ensure_topics
+from feature_store.repo import FeatureRepo
+from streams.batch import APPLIED, LATE, Classified, applied_table, classify, log_schema, log_table
+from streams.dlq import dead_letter_headers
+from streams.metrics import WorkerMetrics
+from streams.views import SourcePlan, TransformFailed
+
+__all__ = ["Materializer", "MaterializerConfig"]
+
+log = structlog.get_logger("featurestream.worker")
+
+_RETRY_S = (0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MaterializerConfig:
+    bootstrap: str
+    redis_url: str
+    data_dir: Path
+    group_id: str = "featurestream-worker"
+    prefix: str = "fs"
+    session_timeout_ms: int = 6_000
+    heartbeat_interval_ms: int = 1_000
+    max_records: int = 5_000
+    poll_timeout_ms: int = 100
+    log_max_rows: int = 100_000
+    log_max_age_s: float = 5.0
+
+
+@dataclass
+class _Partition:
+    """What this worker knows of one assigned partition."""
+
+    source: _Source
+    partition: int
+    next_offset: int  # first offset not yet processed
+    redis_offset: int  # last offset applied to Redis (by anyone, as far as we know)
+    watermark: int  # after next_offset - 1
+    gap_checked: bool = False  # a gap after a seek was re-checked once (a true gap, not a stale fetch)
+
+
+@dataclass
+class _Source:
+    source: StreamSource
+    plan: SourcePlan
+    log: EventLogWriter
+    log_schema: Any
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Materializer:
+    """Consumes the stream sources of a repo into Redis and the event log; `run()` until `stop()`."""
+
+    def __init__(self, config: MaterializerConfig, repo: FeatureRepo, *, metrics: WorkerMetrics | None = None,
+                 on_applied: Callable[[Sequence[int], int], None] | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or WorkerMetrics()
+        self._on_applied = on_applied  # (event times, write time ms): for benchmarks
+        self.keys = KeyLayout(config.prefix)
+        self._repo = repo
+        self._sources: dict[str, _Source] = {}
+        for source in repo.sources.values():
+            if isinstance(source, StreamSource):
+                plan = SourcePlan(source, repo.views_of(source), self.keys)
+                schema = log_schema(source)
+                writer = EventLogWriter(config.data_dir, source.name, schema, max_rows=config.log_max_rows,
+                                        max_age_s=config.log_max_age_s)
+                self._sources[source.topic] = _Source(source, plan, writer, schema)
+        self._parts: dict[TopicPartition, _Partition] = {}
+        self._lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self._con = duckdb.connect(":memory:")
+        self._redis: aioredis.Redis | None = None
+        self._writer: OnlineWriter | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+
+    @property
+    def topics(self) -> list[str]:
+        return sorted(self._sources)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        c = self.config
+        await ensure_topics(c.bootstrap, self._repo)
+        self._redis = aioredis.from_url(c.redis_url)
+        self._writer = OnlineWriter(self._redis)
+        self._producer = AIOKafkaProducer(bootstrap_servers=c.bootstrap, acks="all", linger_ms=5)
+        await self._producer.start()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=c.bootstrap, group_id=c.group_id, enable_auto_commit=False,
+            auto_offset_reset="earliest", session_timeout_ms=c.session_timeout_ms,
+            heartbeat_interval_ms=c.heartbeat_interval_ms, max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        self._consumer.subscribe(self.topics, listener=_Listener(self))
+        await self._consumer.start()
+        log.info("worker started", topics=self.topics, group=c.group_id)
+
+    async def stop(self) -> None:
+        """Flush the event log and close every client (safe to call twice)."""
+        self._stopping.set()
+        async with self._lock:
+            for source in self._sources.values():
+                source.log.flush_all()
+            self._parts.clear()
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+    async def run(self) -> None:
+        """The batch loop; returns after `stop()` is requested."""
+        assert self._consumer is not None, "start() first"
+        while not self._stopping.is_set():
+            try:
+                batches = await self._consumer.getmany(timeout_ms=self.config.poll_timeout_ms,
+                                                       max_records=self.config.max_records)
+            except KafkaError as exc:
+                log.warning("fetch failed; retrying", error=type(exc).__name__)
+                await asyncio.sleep(0.5)
+                continue
+            async with self._lock:
+                for tp, records in batches.items():
+                    await self._process(tp, records)
+                for source in self._sources.values():
+                    for partition in source.log.due():
+                        source.log.flush(partition)
+            self._update_lag()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    # -- partitions --------------------------------------------------------------------
+
+    async def assign(self, tps: Sequence[TopicPartition]) -> None:
+        """Load positions from Redis and the event log and seek each partition to where work resumes."""
+        assert self._writer is not None
+        assert self._consumer is not None
+        tps = [tp for tp in tps if tp.topic in self._sources]
+        stored = await self._writer.positions([
+            self.keys.offset_key(self._sources[tp.topic].source, tp.partition) for tp in tps])
+        for tp, position in zip(tps, stored, strict=True):
+            source = self._sources[tp.topic]
+            logged = source.log.open_partition(tp.partition)
+            self._resume(tp, source, position.offset, position.watermark, logged)
+
+    def _resume(self, tp: TopicPartition, source: _Source, redis_offset: int, redis_wm: int, logged: Any) -> None:
+        assert self._consumer is not None
+        log_offset = NO_OFFSET if logged is None else logged.offset
+        if log_offset < redis_offset:
+            start, watermark = log_offset, (NO_ORDER if logged is None else logged.watermark)
+        else:
+            start, watermark = redis_offset, redis_wm
+        self._parts[tp] = _Partition(source, tp.partition, start + 1, redis_offset, watermark)
+        if start == NO_OFFSET:
+            self._consumer.seek(tp, 0)
+        else:
+            self._consumer.seek(tp, start + 1)
+        log.info("partition resumed", topic=tp.topic, partition=tp.partition, redis_offset=redis_offset,
+                 log_offset=log_offset, seek=start + 1)
+
+    def revoke(self, tps: Sequence[TopicPartition]) -> None:
+        for tp in tps:
+            part = self._parts.pop(tp, None)
+            if part is not None:
+                part.source.log.close_partition(tp.partition)
+
+    async def _refence(self, tp: TopicPartition, part: _Partition) -> None:
+        """The store refused a batch: reload its position and resume from what it and the log hold."""
+        assert self._writer is not None
+        self.metrics.fenced.labels(part.source.source.name).inc()
+        (position,) = await self._writer.positions([self.keys.offset_key(part.source.source, part.partition)])
+        log.warning("batch fenced; resuming from the stored offset", topic=tp.topic, partition=tp.partition,
+                    stored=position.offset)
+        self._resume(tp, part.source, position.offset, position.watermark, part.source.log.position(part.partition))
+
+    # -- one partition batch -----------------------------------------------------------
+
+    async def _process(self, tp: TopicPartition, records: Sequence[Any]) -> None:
+        part = self._parts.get(tp)
+        if part is None:
+            return
+        records = [r for r in records if r.offset >= part.next_offset]
+        if not records:
+            return
+        if records[0].offset > part.next_offset and part.next_offset > 0 and not part.gap_checked:
+            # records from before a seek can still arrive; fetch again from where we are once
+            assert self._consumer is not None
+            part.gap_checked = True
+            self._consumer.seek(tp, part.next_offset)
+            return
+        part.gap_checked = False
+        started = time.perf_counter()
+        src = part.source
+        source = src.source
+        c = classify(source, [r.value for r in records], [r.offset for r in records], part.watermark, _now_ms())
+        redis_from = _first_above(c.offsets, part.redis_offset)
+        logged = src.log.position(part.partition)
+        log_from = _first_above(c.offsets, NO_OFFSET if logged is None else logged.offset)
+        if log_from < redis_from:  # replay: events applied before a crash; find their transform failures again
+            self._reject_transform_failures(src, c, [i for i in c.applied() if log_from <= i < redis_from],
+                                            part.partition, 0)
+        ingest = _now_ms()
+        if redis_from < len(records):
+            applied = await self._apply(tp, part, c, records, redis_from, ingest)
+            if not applied:
+                return
+        if log_from < len(records):
+            src.log.append(part.partition, log_table(src.log_schema, c, log_from, part.partition, ingest),
+                           c.offsets[-1], c.watermark)
+        part.next_offset = c.offsets[-1] + 1
+        part.watermark = c.watermark
+        name = source.name
+        for status in (APPLIED, LATE, "invalid"):
+            count = sum(1 for i in range(redis_from, len(records)) if c.status[i] == status)
+            if count:
+                self.metrics.events.labels(name, status).inc(count)
+        self.metrics.batch_latency.labels(name).observe(time.perf_counter() - started)
+
+    async def _apply(self, tp: TopicPartition, part: _Partition, c: Classified, records: Sequence[Any],
+                     redis_from: int, ingest: int) -> bool:
+        """Dead letters, then one fenced script call for records[redis_from:]; False when fenced."""
+        assert self._writer is not None
+        src = part.source
+        indexes = [i for i in c.applied() if i >= redis_from]
+        batch = PartitionBatch(offset_key=self.keys.offset_key(src.source, part.partition),
+                               expected_offset=part.redis_offset, first_offset=c.offsets[redis_from],
+                               last_offset=c.offsets[-1], watermark=c.watermark, layouts=src.plan.layouts)
+        if indexes:
+            try:
+                src.plan.writes(self._con, applied_table(src.source, c, indexes, part.partition, ingest),
+                                part.partition, batch)
+            except TransformFailed:
+                self._reject_transform_failures(src, c, indexes, part.partition, ingest)
+                indexes = [i for i in c.applied() if i >= redis_from]
+                batch.tiles.clear()
+                batch.latest.clear()
+                if indexes:
+                    src.plan.writes(self._con, applied_table(src.source, c, indexes, part.partition, ingest),
+                                    part.partition, batch)
+        await self._dead_letters(src.source, part.partition, c, records, redis_from)
+        for attempt in range(1_000_000):
+            try:
+                result = await self._writer.apply(batch)
+                break
+            except OnlineStoreUnavailable as exc:
+                if self._stopping.is_set():
+                    raise
+                log.warning("online store unavailable; retrying the batch", error=str(exc), attempt=attempt)
+                await asyncio.sleep(_RETRY_S[min(attempt, len(_RETRY_S) - 1)])
+        if not result.applied:
+            await self._refence(tp, part)
+            return False
+        part.redis_offset = c.offsets[-1]
+        written = _now_ms()
+        times = [c.event_times[i] for i in indexes]
+        histogram = self.metrics.freshness.labels(src.source.name)
+        for et in times[:: max(1, len(times) // 64)]:  # a sample is enough for the histogram
+            histogram.observe(max(0, written - et) / 1000)  # type: ignore[operator]
+        if self._on_applied is not None:
+            self._on_applied(times, written)  # type: ignore[arg-type]
+        return True
+
+    def _reject_transform_failures(self, src: _Source, c: Classified, indexes: list[int], partition: int,
+                                   tie: int) -> None:
+        """Find the rows whose transform fails (one by one: this is the rare path) and reject them."""
+        if not indexes:
+            return
+        try:
+            src.plan.check(self._con, applied_table(src.source, c, indexes, partition, tie))
+            return
+        except TransformFailed:
+            pass
+        for i in indexes:
+            try:
+                src.plan.check(self._con, applied_table(src.source, c, [i], partition, tie))
+            except TransformFailed as exc:
+                c.reject(i, f"transform failed: {exc}")
+
+    async def _dead_letters(self, source: StreamSource, partition: int, c: Classified, records: Sequence[Any],
+                            redis_from: int) -> None:
+        """Send the batch's bad events (those not sent before a crash) and wait until the broker has them."""
+        assert self._producer is not None
+        todo = [i for i in c.dlq if i >= redis_from]
+        if not todo:
+            return
+        for attempt in range(1_000_000):
+            try:
+                futures = [await self._producer.send(
+                    source.dlq_topic, value=records[i].value, key=records[i].key,
+                    headers=dead_letter_headers(c.reasons[i] or "", source.topic, partition, c.offsets[i]))
+                    for i in todo]
+                await asyncio.gather(*futures)
+                break
+            except KafkaError as exc:
+                log.warning("dead-letter send failed; retrying", error=type(exc).__name__, attempt=attempt)
+                await asyncio.sleep(_RETRY_S[min(attempt, len(_RETRY_S) - 1)])
+        self.metrics.dead_letters.labels(source.name).inc(len(todo))
+
+    def _update_lag(self) -> None:
+        if self._consumer is None:
+            return
+        for tp, part in list(self._parts.items()):
+            highwater = self._consumer.highwater(tp)
+            if highwater is not None:
+                self.metrics.lag.labels(part.source.source.name, str(tp.partition)).set(
+                    max(0, highwater - part.next_offset))
+
+
+def _first_above(offsets: Sequence[int], offset: int) -> int:
+    """Index of the first offset > `offset` (len when none)."""
+    for i, o in enumerate(offsets):
+        if o > offset:
+            return i
+    return len(offsets)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    """Flush what a revoked partition logged; resume assigned ones from the stored positions."""
+
+    def __init__(self, materializer: Materializer) -> None:
+        self._m = materializer
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        async with self._m._lock:
+            self._m.revoke(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        async with self._m._lock:
+            await self._m.assign(list(assigned))
