@@ -45,7 +45,7 @@ def apply(
     from feature_store.repo import load_repo
 
     settings = load_settings(**({"registry": registry} if registry is not None else {}))
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)  # status lines stay whole; the table still fits
     features = load_repo(repo)
     store = Registry(settings.registry)
     plan = store.plan(features)
