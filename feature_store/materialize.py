@@ -1,0 +1,256 @@
+"""Materialization: compute the online state of a time range from the offline store and SET it in Redis.
+
+`materialize(start_ms, end_ms)` writes, per online view, exactly the state
+the stream path would hold at `end_ms` for the same applied events ("as
+served": events with `event_time <= end` and `ingest_time <= end`), in the
+same key layout and codec (`feature_store.online`):
+
+- windowed views: per entity, partition and hop one HSET with every tile
+  `tile_start -> pack_stats(stats)` for tiles overlapping
+  `[start - max_window, end]`; stats come from `stat_sql`, grouped by
+  entity, partition (the log's Kafka partition, or `partition_for(entity)`
+  for batch sources) and tile start.
+- latest-value views: per entity and partition one SET of
+  `pack_latest(event_time, tie, seq, values)` of the newest applied row with
+  `event_time <= end`.
+
+Writes overwrite (HSET fields, SET), so running it twice changes nothing -
+bit for bit: tile queries run on one DuckDB thread, because a parallel sum
+adds floats in a different order each run (last-bit differences in `s`,
+`m2`). Each key gets a PEXPIRE of its window (or ttl) plus `EXPIRE_MARGIN_MS`.
+Packing happens in bulk from Arrow columns and commands go out in pipelines
+of `chunk` commands, the next chunk being built while Redis works on the last.
+Offsets (`KeyLayout.offset_key`) are never touched: a stream worker later
+replaying events already materialized would count them again, so backfill
+ranges the stream path has not applied, or restart the worker from `end`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from feature_store.aggregates import TileLayout, stat_sql, tile_layouts
+from feature_store.definitions import FeatureView
+from feature_store.errors import OfflineStoreError, OnlineStoreUnavailable
+from feature_store.offline.engine import connect
+from feature_store.offline.events import view_events_sql
+from feature_store.online import KeyLayout, pack_latest, pack_stats, partition_for
+from feature_store.windows import DAY_MS, tile_start
+
+__all__ = ["EXPIRE_MARGIN_MS", "MaterializeReport", "materialize"]
+
+EXPIRE_MARGIN_MS = DAY_MS
+"""Keys live their window (tiles) or ttl (latest values) plus this margin after the last write."""
+
+_BATCH_ROWS = 65_536
+_log = structlog.get_logger(__name__)
+
+ProgressCallback = Callable[[str, int], None]
+"""Called with (view name, keys written so far in this view) as chunks go out."""
+
+
+@dataclass(frozen=True)
+class MaterializeReport:
+    """What one run wrote."""
+
+    views: int
+    keys: int
+    tiles: int
+    latest: int
+    commands: int
+    seconds: float
+
+
+class _Writer:
+    """Pipelined writes in chunks, one chunk in flight while the next is built."""
+
+    def __init__(self, redis: aioredis.Redis, chunk: int) -> None:
+        self._redis = redis
+        self._chunk = chunk
+        self._pipe = redis.pipeline(transaction=False)
+        self._queued = 0
+        self._inflight: asyncio.Task[Any] | None = None
+        self.commands = 0
+
+    async def command(self, *args: Any) -> None:
+        self._pipe.execute_command(*args)
+        self._queued += 1
+        if self._queued >= self._chunk:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if self._inflight is not None:
+            await self._inflight
+        if self._queued:
+            self._inflight = asyncio.create_task(self._pipe.execute(raise_on_error=True))
+            await asyncio.sleep(0)  # let it send; Redis works while we build the next chunk
+            self.commands += self._queued
+            self._pipe = self._redis.pipeline(transaction=False)
+            self._queued = 0
+        else:
+            self._inflight = None
+
+    async def close(self) -> None:
+        await self._flush()
+        if self._inflight is not None:
+            await self._inflight
+            self._inflight = None
+
+
+def _key_maker(keys: KeyLayout, view: FeatureView, hop_ms: int | None) -> Callable[[int, Any], str]:
+    """Fast `keys.state_key(view, p, entity, hop)`: the layout is built once per partition, then filled in."""
+    marker = "\x00"
+    parts = [keys.state_key(view, p, marker, hop_ms).split(marker) for p in range(view.source.partitions)]
+    return lambda p, entity: f"{parts[p][0]}{entity}{parts[p][1]}"
+
+
+def _partitions(view: FeatureView) -> Callable[[Any, Any], int]:
+    """Partition of a state row: the log's, else `partition_for(entity)` (cached per entity)."""
+    count = view.source.partitions
+    cache: dict[Any, int] = {}
+
+    def of(partition: Any, entity: Any) -> int:
+        if partition is not None:
+            return int(partition)
+        if count == 1:
+            return 0
+        p = cache.get(entity)
+        if p is None:
+            p = cache[entity] = partition_for(entity, count)
+        return p
+
+    return of
+
+
+def _served(ignore_ingest_time: bool, end_ms: int) -> str:
+    return "" if ignore_ingest_time else f" AND __avail <= {end_ms}"
+
+
+def _batches(con: duckdb.DuckDBPyConnection, sql: str) -> Iterator[dict[str, list[Any]]]:
+    reader = con.sql(sql).to_arrow_reader(_BATCH_ROWS)
+    for batch in reader:
+        yield {name: batch.column(i).to_pylist() for i, name in enumerate(batch.schema.names)}
+
+
+async def _latest(con: duckdb.DuckDBPyConnection, events: str, view: FeatureView, keys: KeyLayout,
+                  writer: _Writer, end_ms: int, ignore_ingest_time: bool, progress: ProgressCallback | None) -> int:
+    order = "struct_pack(t := __event_time, k := __tie, q := __seq)"
+    fields = [f'"{f}"' for f in view.fields]
+    best = f"arg_max(struct_pack(__t := __event_time, __k := __tie, __q := __seq, {', '.join(fields)}), {order})"
+    sql = (f"SELECT __entity, __partition, unnest(__best) FROM (SELECT __entity, __partition, {best} AS __best "
+           f"FROM ({events}) WHERE __event_time <= {end_ms}{_served(ignore_ingest_time, end_ms)} "
+           f"GROUP BY __entity, __partition)")
+    key_of = _key_maker(keys, view, None)
+    partition_of = _partitions(view)
+    expire = [] if view.ttl_ms is None else ["PX", view.ttl_ms + EXPIRE_MARGIN_MS]
+    written = 0
+    for cols in _batches(con, sql):
+        values = list(zip(*(cols[f] for f in view.fields), strict=True))
+        for entity, part, t, k, q, vals in zip(cols["__entity"], cols["__partition"], cols["__t"], cols["__k"],
+                                               cols["__q"], values, strict=True):
+            await writer.command("SET", key_of(partition_of(part, entity), entity), pack_latest(t, k, q, vals),
+                                 *expire)
+        written += len(values)
+        if progress is not None:
+            progress(view.name, written)
+    return written
+
+
+async def _tiles(con: duckdb.DuckDBPyConnection, events: str, view: FeatureView, layout: TileLayout,
+                 keys: KeyLayout, writer: _Writer, start_ms: int, end_ms: int, ignore_ingest_time: bool,
+                 progress: ProgressCallback | None) -> tuple[int, int]:
+    hop = layout.hop_ms
+    lower = tile_start(start_ms - layout.max_window_ms, hop)
+    tile = f"(__event_time - (((__event_time % {hop}) + {hop}) % {hop}))"  # windows.tile_start
+    stats = stat_sql(layout)
+    sql = (f"SELECT __entity, __partition, {tile} AS __tile, {', '.join(stats)} FROM ({events}) "
+           f"WHERE __event_time >= {lower} AND __event_time <= {end_ms}{_served(ignore_ingest_time, end_ms)} "
+           f"GROUP BY ALL ORDER BY __partition, __entity, __tile")
+    key_of = _key_maker(keys, view, hop)
+    partition_of = _partitions(view)
+    expire = layout.max_window_ms + hop + EXPIRE_MARGIN_MS
+    threads = con.execute("SELECT current_setting('threads')").fetchone()
+    con.execute("SET threads = 1")  # float sums in one fixed order: a re-run writes identical bytes
+    labels = [s.label for s in layout.stats]
+    tiles = keys_written = 0
+    current: tuple[Any, Any] | None = None
+    mapping: list[Any] = []
+
+    async def emit() -> None:
+        nonlocal keys_written
+        if current is not None and mapping:
+            key = key_of(partition_of(current[1], current[0]), current[0])
+            await writer.command("HSET", key, *mapping)
+            await writer.command("PEXPIRE", key, expire)
+            keys_written += 1
+
+    try:
+        for cols in _batches(con, sql):
+            vectors = zip(*(cols[label] for label in labels), strict=True)
+            for entity, part, start, vector in zip(cols["__entity"], cols["__partition"], cols["__tile"], vectors,
+                                                   strict=True):
+                if current is None or current[0] != entity or current[1] != part:
+                    await emit()
+                    current, mapping = (entity, part), []
+                mapping += (start, pack_stats(vector))
+            tiles += len(cols["__tile"])
+            if progress is not None:
+                progress(view.name, keys_written)
+    finally:
+        con.execute(f"SET threads = {int(threads[0]) if threads else 1}")
+    await emit()
+    return keys_written, tiles
+
+
+async def materialize(redis: aioredis.Redis, keys: KeyLayout, data_dir: Path, views: Sequence[FeatureView],
+                      start_ms: int, end_ms: int, *, ignore_ingest_time: bool = False,
+                      con: duckdb.DuckDBPyConnection | None = None, chunk: int = 10_000,
+                      progress: ProgressCallback | None = None) -> MaterializeReport:
+    """Write the online state at `end_ms` of `views` (online ones) for tiles/rows in range; see the module doc."""
+    if end_ms < start_ms:
+        raise OfflineStoreError(f"materialize: end {end_ms} is before start {start_ms}; swap them")
+    began = time.perf_counter()
+    own = con is None
+    con = con or connect(data_dir)
+    writer = _Writer(redis, chunk)
+    total_keys = total_tiles = total_latest = done = 0
+    try:
+        for view in views:
+            if not view.online:
+                continue
+            events = view_events_sql(con, data_dir, view)
+            if view.is_windowed:
+                for layout in tile_layouts(view):
+                    written, tiles = await _tiles(con, events, view, layout, keys, writer, start_ms, end_ms,
+                                                  ignore_ingest_time, progress)
+                    total_keys += written
+                    total_tiles += tiles
+            else:
+                written = await _latest(con, events, view, keys, writer, end_ms, ignore_ingest_time, progress)
+                total_keys += written
+                total_latest += written
+            done += 1
+        await writer.close()
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise OnlineStoreUnavailable(f"materialize: Redis is unreachable ({type(exc).__name__}); retry") from None
+    except duckdb.Error as exc:
+        raise OfflineStoreError(f"materialize: offline query failed: {str(exc).splitlines()[0]}") from exc
+    finally:
+        if own:
+            con.close()
+    report = MaterializeReport(views=done, keys=total_keys, tiles=total_tiles, latest=total_latest,
+                               commands=writer.commands, seconds=time.perf_counter() - began)
+    _log.info("materialized", views=report.views, keys=report.keys, tiles=report.tiles, latest=report.latest,
+              seconds=round(report.seconds, 3))
+    return report
