@@ -1,0 +1,245 @@
+"""Label join: each label meets the prediction it answers, with the features as they were served.
+
+Predictions come from the prediction log (`_predictions`); each record is
+kept in Redis for `retention_s` (JSON under `pred:<request_id>`, plus an
+index by entity key scored by served_at), which bounds memory and survives
+worker restarts. A label joins by `request_id`, or by `entity_key` + its
+`event_time` (the newest prediction served at or before it, of the label's
+model when it names one). The features in the joined pair are those logged
+at serving time: never recomputed with later data.
+
+Outcomes per label:
+- `joined`: first label for (model, request id).
+- `duplicate`: that pair was already joined by another label: counted, dropped.
+- `replay`: the *same* label (same topic/partition/offset) seen again after a
+  restart: joined again, so a learner restored from a snapshot can catch up.
+- `pending`: no prediction yet (labels can overtake their prediction): the
+  label waits, `sweep()` retries it until `wait_s` has passed, then
+- `orphan`: logged (structlog + a capped Redis list) and counted. A label
+  whose prediction is older than the retention (very late) ends here too.
+
+Faust agents (`install`) are thin: they call `LabelJoiner` and hand joined
+pairs to the online trainer (`streams.learning`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+import structlog
+
+from feature_store.training.live import LiveKeys, perf_fields
+from schemas import LABELS
+
+__all__ = ["JoinConfig", "JoinOutcome", "JoinedLabel", "LabelJoiner"]
+
+log = structlog.get_logger("featurestream.labels")
+
+Outcome = Literal["joined", "duplicate", "replay", "pending", "orphan", "invalid"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class JoinConfig:
+    retention_s: float = 7 * 86400.0  # how long predictions (and join markers) are kept for labels
+    wait_s: float = 60.0  # how long an unmatched label waits for its prediction before it is an orphan
+    orphan_cap: int = 10_000  # orphan records kept in Redis (newest)
+    sweep_batch: int = 1_000  # pending labels retried per sweep
+    entity_candidates: int = 20  # predictions looked at per entity label (newest at or before its time)
+
+
+@dataclass(frozen=True, kw_only=True)
+class JoinedLabel:
+    """A label with the prediction it answers and the features the model saw."""
+
+    request_id: str
+    model: str
+    model_version: int
+    service: str
+    features: dict[str, Any]
+    prediction: float
+    label: float
+    event_time: int  # of the label (epoch ms)
+    served_at: int  # of the prediction (epoch ms)
+    shadow: dict[str, float] = field(default_factory=dict)  # challenger version -> its shadow score
+    source: str = ""  # "topic:partition" of the label
+    offset: int | None = None  # None for labels that joined after waiting (see `sweep`)
+    replay: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class JoinOutcome:
+    outcome: Outcome
+    joined: JoinedLabel | None = None
+    reason: str = ""
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class LabelJoiner:
+    """Stores predictions and joins labels to them, in Redis (see module doc)."""
+
+    def __init__(self, redis: Any, keys: LiveKeys, config: JoinConfig | None = None) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.config = config or JoinConfig()
+
+    # -- predictions
+    async def add_prediction(self, record: Mapping[str, Any], shadow: Mapping[str, float] | None = None) -> None:
+        """Keep one prediction-log record (validated dict) for `retention_s`, indexed by its entity keys."""
+        ttl_ms = int(self.config.retention_s * 1000)
+        rid = str(record["request_id"])
+        entity_keys = record["entity_keys"]
+        entities = orjson.loads(entity_keys) if isinstance(entity_keys, str | bytes) else dict(entity_keys)
+        stored = {**record, "shadow": dict(shadow or {})}
+        served_at = int(record["served_at"])
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(self.keys.prediction(rid), orjson.dumps(stored), px=ttl_ms)
+            for value in entities.values():
+                index = self.keys.entity_index(str(value))
+                pipe.zadd(index, {rid: served_at})
+                pipe.zremrangebyscore(index, "-inf", served_at - ttl_ms)  # keep the index bounded
+                pipe.pexpire(index, ttl_ms)
+            await pipe.execute()
+
+    async def _find(self, label: Mapping[str, Any]) -> dict[str, Any] | None:
+        if label.get("request_id"):
+            raw = await self.redis.get(self.keys.prediction(str(label["request_id"])))
+            found = orjson.loads(raw) if raw else None
+            if found is not None and label.get("model") and found.get("model") != label["model"]:
+                return None
+            return found
+        index = self.keys.entity_index(str(label["entity_key"]))
+        rids = await self.redis.zrevrangebyscore(index, int(label["event_time"]), "-inf", start=0,
+                                                 num=self.config.entity_candidates)
+        if not rids:
+            return None
+        raws = await self.redis.mget([self.keys.prediction(_text(r)) for r in rids])
+        for raw in raws:
+            if raw:
+                record = orjson.loads(raw)
+                if not label.get("model") or record.get("model") == label["model"]:
+                    return record  # type: ignore[no-any-return]
+        return None
+
+    # -- labels
+    async def join(self, label: Mapping[str, Any], *, source: str = "", offset: int | None = None,
+                   now_ms: int | None = None) -> JoinOutcome:
+        """Join one label (a dict; validated against `LABELS` here) or park it as pending."""
+        try:
+            checked = LABELS.validate(label)
+        except Exception as exc:  # a bad label never stops the worker
+            await self._count("*", "invalid")
+            log.warning("label_invalid", reason=" ".join(str(exc).split())[:300], source=source, offset=offset)
+            return JoinOutcome(outcome="invalid", reason=str(exc))
+        outcome = await self._try_join(checked, source=source, offset=offset)
+        if outcome is not None:
+            return outcome
+        label_id = f"{source}:{offset}" if offset is not None else orjson.dumps(checked).decode()
+        deadline = (now_ms if now_ms is not None else _now_ms()) + int(self.config.wait_s * 1000)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(self.keys.pending, {label_id: deadline}, nx=True)
+            pipe.hset(self.keys.pending_data, label_id, orjson.dumps({"label": checked, "source": source}))
+            await pipe.execute()
+        await self._count(checked.get("model") or "*", "pending")
+        return JoinOutcome(outcome="pending", reason="no prediction for this label yet")
+
+    async def _try_join(self, label: Mapping[str, Any], *, source: str, offset: int | None) -> JoinOutcome | None:
+        record = await self._find(label)
+        if record is None:
+            return None
+        model, rid = str(record["model"]), str(record["request_id"])
+        marker = f"{source}:{offset}" if offset is not None else f"{source}:late:{label['event_time']}"
+        fresh = await self.redis.set(self.keys.seen(model, rid), marker, nx=True,
+                                     px=int(self.config.retention_s * 1000))
+        replay = False
+        if not fresh:
+            previous = _text(await self.redis.get(self.keys.seen(model, rid)) or b"")
+            if previous != marker:
+                await self._count(model, "duplicate")
+                return JoinOutcome(outcome="duplicate", reason=f"request {rid} of {model} was joined by {previous}")
+            replay = True
+        features = record["features"]
+        joined = JoinedLabel(
+            request_id=rid, model=model, model_version=int(record["model_version"]),
+            service=str(record.get("service") or ""),
+            features=orjson.loads(features) if isinstance(features, str | bytes) else dict(features),
+            prediction=float(record["prediction"]), label=float(label["label"]),
+            event_time=int(label["event_time"]), served_at=int(record["served_at"]),
+            shadow={str(k): float(v) for k, v in (record.get("shadow") or {}).items()},
+            source=source, offset=offset, replay=replay,
+        )
+        if not replay:
+            await self._score(joined)
+        await self._count(model, "replay" if replay else "joined")
+        return JoinOutcome(outcome="replay" if replay else "joined", joined=joined)
+
+    async def _score(self, joined: JoinedLabel) -> None:
+        """Champion (what was served) and challenger (shadow) performance on this label."""
+        increments = perf_fields(joined.model_version, "live", joined.prediction, joined.label)
+        for version, score in joined.shadow.items():
+            increments |= perf_fields(int(version), "shadow", score, joined.label)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name, amount in increments.items():
+                pipe.hincrbyfloat(self.keys.perf(joined.model), name, amount)
+            await pipe.execute()
+
+    async def sweep(self, now_ms: int | None = None) -> list[JoinOutcome]:
+        """Retry pending labels: join those whose prediction arrived, orphan those past their wait."""
+        now = now_ms if now_ms is not None else _now_ms()
+        entries = await self.redis.zrange(self.keys.pending, 0, self.config.sweep_batch - 1, withscores=True)
+        results: list[JoinOutcome] = []
+        for member, deadline in entries:
+            label_id = _text(member)
+            raw = await self.redis.hget(self.keys.pending_data, label_id)
+            if raw is None:
+                await self.redis.zrem(self.keys.pending, label_id)
+                continue
+            parked = orjson.loads(raw)
+            label, source = parked["label"], parked["source"]
+            outcome = await self._try_join(label, source=source, offset=None)
+            if outcome is None and now < deadline:
+                continue
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zrem(self.keys.pending, label_id)
+                pipe.hdel(self.keys.pending_data, label_id)
+                await pipe.execute()
+            await self._count(label.get("model") or "*", "pending", -1)
+            if outcome is None:
+                outcome = await self._orphan(label, label_id, now)
+            results.append(outcome)
+        return results
+
+    async def _orphan(self, label: Mapping[str, Any], label_id: str, now: int) -> JoinOutcome:
+        reason = ("no prediction with this request id (unknown, or older than the retention)"
+                  if label.get("request_id") else "no prediction for this entity at or before the label's time")
+        record = {"label": dict(label), "label_id": label_id, "reason": reason, "orphaned_at": now}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lpush(self.keys.orphans, orjson.dumps(record))
+            pipe.ltrim(self.keys.orphans, 0, self.config.orphan_cap - 1)
+            await pipe.execute()
+        await self._count(label.get("model") or "*", "orphan")
+        log.info("label_orphan", request_id=label.get("request_id"), entity=label.get("entity_key"),
+                 model=label.get("model"), reason=reason)
+        return JoinOutcome(outcome="orphan", reason=reason)
+
+    async def _count(self, model: str, outcome: str, amount: int = 1) -> None:
+        await self.redis.hincrby(self.keys.stats, f"{model}:{outcome}", amount)
+
+    async def orphans(self, limit: int = 100) -> list[dict[str, Any]]:
+        return [orjson.loads(r) for r in await self.redis.lrange(self.keys.orphans, 0, limit - 1)]
+
+    async def stats(self) -> dict[str, int]:
+        return {_text(k): int(v) for k, v in (await self.redis.hgetall(self.keys.stats)).items()}
+
+
+JoinedHandler = Callable[[JoinedLabel], Awaitable[None]]
