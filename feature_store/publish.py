@@ -79,10 +79,11 @@ class EventPublisher:
     """Validates and sends events of a repo's stream sources; use `async with` or start()/stop()."""
 
     def __init__(self, settings_or_bootstrap: Settings | str, repo: FeatureRepo, *, max_in_flight: int = 50_000,
-                 retry_s: float = 30.0, linger_ms: int = 5) -> None:
+                 retry_s: float = 30.0, linger_ms: int = 5, create_topics: bool = True) -> None:
         self.bootstrap = _bootstrap(settings_or_bootstrap)
         self.repo = repo
         self._retry_s = retry_s
+        self._create_topics = create_topics
         self._linger_ms = linger_ms
         self._room = asyncio.Semaphore(max_in_flight)
         self._max_in_flight = max_in_flight
@@ -97,10 +98,16 @@ class EventPublisher:
         await self.stop()
 
     async def start(self) -> None:
-        """Connect to Kafka, retrying for up to `retry_s` (raises BrokerUnavailable after that)."""
+        """Connect to Kafka, retrying for up to `retry_s` (raises BrokerUnavailable after that).
+
+        With `create_topics` (the default) the repo's topics are created first, so a producer's
+        auto-creation never makes a topic with the broker's default partition count.
+        """
         async with self._start_lock:
             if self._producer is not None:
                 return
+            if self._create_topics:
+                await ensure_topics(self.bootstrap, self.repo)
             deadline = time.monotonic() + self._retry_s
             delay = 0.1
             while True:
