@@ -31,6 +31,8 @@ KINDS: tuple[Kind, ...] = ("entity", "source", "view", "service")
 Action = Literal["add", "change", "remove"]
 _SYMBOL = {"add": "+", "change": "~", "remove": "-"}
 _SOURCE_STATE_KEYS = ("kind", "key", "event_time", "partitions", "topic")
+_READDED_VIEW = ("added again: online keys {} may still hold state from before its removal; "
+                 "backfill it with `featurestream materialize`")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,9 +143,10 @@ def make_plan(live: FeatureRepo, versions: Mapping[tuple[str, str], int], new: F
                 continue
             state = item.state_fingerprint if isinstance(item, FeatureView) else None
             if old is None:
+                note = _READDED_VIEW.format(state) if kind == "view" and previous else ""
                 changes.append(Change(action="add", kind=kind, name=name, old_version=previous or None,
                                       new_version=previous + 1, definition=item.to_dict(),
-                                      fingerprint=item.fingerprint, state_fingerprint=state))
+                                      fingerprint=item.fingerprint, state_fingerprint=state, reason=note))
                 continue
             old_state = old.state_fingerprint if isinstance(old, FeatureView) else None
             if old.fingerprint == item.fingerprint and old_state == state:

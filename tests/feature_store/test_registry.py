@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from feature_store.definitions import Aggregation, Entity, FeatureService, FeatureView, StreamSource
 from feature_store.errors import DefinitionError, RegistryError, SchemaError, UnknownFeatureError
@@ -230,12 +232,13 @@ FIELDS = {"order_id": Field("string"), "user_id": Field("string"), "amount": Fie
 USER = Entity(name="user", join_key="user_id")
 
 
-def _orders_repo(fields: dict[str, Field], version: int, *, last: tuple[str, ...] = ("country",)) -> FeatureRepo:
+def _orders_repo(fields: dict[str, Field], version: int, *, last: tuple[str, ...] = ("country",),
+                 user: Entity = USER) -> FeatureRepo:
     schema = EventSchema(name="orders", version=version, fields=fields)
     source = StreamSource(name="orders", schema=schema, event_time="ts", key="user_id")
-    spend = FeatureView(name="spend", entity=USER, source=source,
+    spend = FeatureView(name="spend", entity=user, source=source,
                         aggregations=[Aggregation(column="amount", function="sum", window="1h")])
-    latest = FeatureView(name="last_order", entity=USER, source=source, fields=list(last))
+    latest = FeatureView(name="last_order", entity=user, source=source, fields=list(last))
     return FeatureRepo.from_definitions([spend, latest])
 
 
@@ -334,6 +337,7 @@ def test_readers_see_the_old_or_the_new_state_never_an_error(tmp_path: Path) -> 
                 seen.append(_signature(registry.current()))
             except BaseException as exc:  # collected and asserted on below
                 errors.append(exc)
+            time.sleep(0.001)  # leave the writer some GIL
 
     threads = [threading.Thread(target=read) for _ in range(2)]
     try:
@@ -343,7 +347,7 @@ def test_readers_see_the_old_or_the_new_state_never_an_error(tmp_path: Path) -> 
         while not ready.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         writer = Registry(path)
-        for _ in range(3):
+        for _ in range(2):
             for state in states:
                 writer.apply(state, applied_by="writer")
                 time.sleep(0.02)
@@ -377,3 +381,57 @@ def test_concurrent_applies_of_one_repo_write_it_once(tmp_path: Path) -> None:
         thread.join()
     assert sorted(results) == [False, False, True]
     assert Registry(path).generation() == 1
+
+
+# -- history against an oracle (property) -----------------------------------------------
+
+
+def _variants() -> list[FeatureRepo]:
+    """Small repos an apply sequence moves between: non-breaking, breaking and removal steps."""
+    base = _orders_repo(FIELDS, 1)
+    spend, last = base.views["spend"], base.views["last_order"]
+    service = FeatureService(name="model", features=["spend:amount_sum_1h", "last_order:country"])
+    two_hours = Aggregation(column="amount", function="sum", window="2h", name="amount_sum_1h")
+    return [
+        _with(base, service),
+        _with(base, service, dataclasses.replace(spend, description="money")),
+        _with(base, service, dataclasses.replace(spend, aggregations=[two_hours])),
+        _with(base, dataclasses.replace(last, fields=["country", "amount"])),
+        _with(base, drop=["last_order"]),
+        _with(_orders_repo(FIELDS, 1, user=dataclasses.replace(USER, description="a customer")), service),
+    ]
+
+
+VARIANTS = _variants()
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.integers(0, len(VARIANTS) - 1), min_size=1, max_size=7))
+def test_history_and_as_of_match_an_oracle(tmp_path_factory: pytest.TempPathFactory, steps: list[int]) -> None:
+    registry = Registry(tmp_path_factory.mktemp("oracle") / "registry.db")
+    snapshots: list[tuple[int, FeatureRepo]] = []  # (applied_at, live repo), the oracle
+    for step in steps:
+        plan = registry.apply(VARIANTS[step], applied_by="prop")
+        if plan.applied:
+            first = plan.changes[0]
+            snapshots.append((registry.history(first.kind, first.name)[-1].applied_at, VARIANTS[step]))
+    assert registry.current() == (snapshots[-1][1] if snapshots else FeatureRepo())
+    assert registry.generation() == len(snapshots)
+    previous = FeatureRepo()
+    for applied_at, repo in snapshots:
+        assert registry.as_of(applied_at) == repo
+        assert registry.as_of(applied_at - 1) == previous
+        previous = repo
+    for kind, name in [("view", "spend"), ("view", "last_order"), ("service", "model"), ("entity", "user")]:
+        records = registry.history(kind, name)
+        assert [r.version for r in records] == list(range(1, len(records) + 1))
+        live_state: str | None = None
+        before = "remove"  # a definition starts absent: its first record is an add
+        for record in records:
+            assert (record.definition is None) == (record.action == "remove")
+            assert (record.action == "add") == (before == "remove")
+            if record.action == "change" and kind == "view":
+                assert record.breaking == (record.state_fingerprint != live_state)
+            if record.action == "add" and kind == "view" and record.version > 1:
+                assert record.reason.startswith(f"added again: online keys {record.state_fingerprint} may still")
+            live_state, before = record.state_fingerprint, record.action
