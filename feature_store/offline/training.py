@@ -26,18 +26,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from feature_store.aggregates import TileLayout, finalize_sql, stat_sql, stats_for
-from feature_store.definitions import Aggregation, FeatureView
+from feature_store.definitions import Aggregation, FeatureService, FeatureView
 from feature_store.errors import OfflineStoreError
 from feature_store.offline.engine import Progress, run_with_progress, sql_str
 from feature_store.offline.events import view_events_sql
 from feature_store.transforms import DUCKDB_TYPES
 
 if TYPE_CHECKING:
-    import pandas as pd
+    import pandas as pd  # type: ignore[import-untyped]  # no pandas-stubs in the env
 
     from feature_store.expressions import Expression
+    from feature_store.repo import FeatureRepo
 
-__all__ = ["TrainingSetQuery", "build_training_set_sql", "load_entities", "output_name", "training_set"]
+__all__ = ["TrainingSetQuery", "build_training_set_sql", "load_entities", "output_name", "requested_features",
+           "training_set"]
 
 ROW = "__row"
 T = "__t"
@@ -77,6 +79,24 @@ class TrainingSetQuery:
     timestamp_column: str = "event_timestamp"
     ignore_ingest_time: bool = False
     derived: dict[str, Expression] | None = None
+
+
+def requested_features(repo: FeatureRepo, features: Sequence[str] | str | FeatureService | None = None,
+                       service: str | FeatureService | None = None,
+                       ) -> tuple[dict[FeatureView, list[str]], FeatureService | None]:
+    """Features by view from 'view:feature' references or a service (name or object), and the service.
+
+    A single string naming a service (no ':') counts as the service.
+    """
+    if isinstance(features, FeatureService) or (isinstance(features, str) and ":" not in features):
+        features, service = None, features
+    if (features is None) == (service is None):
+        raise OfflineStoreError("pass either features=['view:feature', ...] or service='name', not both or neither")
+    if service is not None:
+        chosen = repo.service(service) if isinstance(service, str) else service
+        return repo.group_features(chosen.feature_refs), chosen
+    refs = [features] if isinstance(features, str) else list(features or [])
+    return repo.group_features(refs), None
 
 
 def _time_ms_sql(column: str, duck_type: str) -> str:
