@@ -221,6 +221,7 @@ class ModelRegistry:
         now = _now_ms()
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
+            self._require_model(db, name)
             stack = self._production_stack(db, name)
             if len(stack) < 2:
                 raise RegistryError(
