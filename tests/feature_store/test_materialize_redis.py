@@ -10,7 +10,6 @@ shuffle without changing content).
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +41,9 @@ ENTITIES = [f"e{i}" for i in range(12)]
 
 
 @pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.from_url(redis_url)
-    yield client
-    await client.aclose()
+def redis(redis_client: aioredis.Redis) -> aioredis.Redis:
+    """This test's own Redis DB (flushed at start); keys still carry the test's prefix."""
+    return redis_client
 
 
 def _random_log(data_dir: Path, seed: int, n: int = 400) -> list[Event]:
