@@ -13,7 +13,7 @@ import typer
 from feature_store.errors import FeatureStoreError
 from feature_store.logging import configure_logging
 from feature_store.settings import get_settings
-from featurestream.commands import apply, consistency, init, materialize, training_set, up
+from featurestream.commands import apply, consistency, demo, init, materialize, training_set, up, worker
 
 __all__ = ["app", "main"]
 
@@ -36,8 +36,10 @@ app.command("up")(up.up)
 app.command("init")(init.init)
 app.command("apply")(apply.apply)
 app.command("consistency")(consistency.consistency)
+app.command("demo")(demo.demo)
 app.command("training-set")(training_set.training_set)
 app.command("materialize")(materialize.materialize)
+app.command("worker")(worker.worker)
 
 
 def main() -> None:
