@@ -254,7 +254,12 @@ def _check_round_trip(repo: FeatureRepo) -> None:
 
 
 def _check_schemas(live: FeatureRepo, new: FeatureRepo) -> list[str]:
-    """Run `check_compatible` for every source whose schema changes; SchemaError names the features."""
+    """Run `check_compatible` for every source whose schema changes; SchemaError names the features.
+
+    A field counts as used when a live view or a view of the new repo reads
+    it: to drop a field, first apply the views without it, then the schema.
+    A source that was removed and comes back is not compared with its past.
+    """
     warnings: list[str] = []
     for name, source in sorted(new.sources.items()):
         old = live.sources.get(name)
