@@ -7,6 +7,7 @@ the batch path runs the very same SQL over the offline event log.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 
 import duckdb
 
@@ -33,16 +34,21 @@ def transform_output_types(view: str, schema: EventSchema, transform: Mapping[st
     """Bind the transform against an empty table of `schema` and return each output's type.
 
     Binding catches unknown columns and type errors at declaration time, with
-    DuckDB's own message in ours.
+    DuckDB's own message in ours. Cached: a registry rebuild binds every view.
     """
     if not transform:
         return {}
+    return dict(_bound_types(view, schema, tuple(transform.items())))
+
+
+@lru_cache(maxsize=1024)
+def _bound_types(view: str, schema: EventSchema, transform: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
     con = duckdb.connect(":memory:")
     try:
         columns = ", ".join(f'"{name}" {DUCKDB_TYPES[dtype]}' for name, dtype in schema.columns.items())
         con.execute(f"CREATE TABLE source ({columns})")
         types: dict[str, str] = {}
-        for name, expr in transform.items():
+        for name, expr in transform:
             try:
                 described = con.execute(f"DESCRIBE SELECT ({expr}) AS {name} FROM source").fetchall()
             except duckdb.Error as exc:
@@ -60,6 +66,6 @@ def transform_output_types(view: str, schema: EventSchema, transform: Mapping[st
                     f"DOUBLE or BOOLEAN"
                 )
             types[name] = _BACK[duck_type]
-        return types
+        return tuple(types.items())
     finally:
         con.close()
