@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute  # pa.compute
 import pyarrow.parquet as pq
 
 from feature_store.definitions import Aggregation, Entity, FeatureView, StreamSource
@@ -109,13 +110,13 @@ def read_log(data_dir: Path, source: str) -> pa.Table:
 
 
 def oracle_events(log: pa.Table, view: FeatureView) -> list[oracle.Event]:
-    """The logged events as the oracle sees them (values: source columns plus the view's transform)."""
+    """The applied logged events as the oracle sees them (values: source columns plus the view's transform)."""
     import duckdb
 
     from feature_store.transforms import transformed_sql
 
     con = duckdb.connect()
-    con.register("log", log)
+    con.register("log", log.filter(pa.compute.equal(log["__status"], "applied")))  # only applied rows count
     rows = con.sql(transformed_sql("log", view.transform)).to_arrow_table().to_pylist()
     return [oracle.log_event(r[view.entity.join_key], r["__event_time"], r, ingest_time=r["__ingest_time"],
                              partition=r["__partition"], offset=r["__offset"], status=r["__status"])

@@ -53,60 +53,60 @@ async def _feed(flows: LabelFlows, rows: list[dict[str, float]], start: int = 0)
 
 @pytest.fixture
 def config(unique: str) -> FlowConfig:
-    return FlowConfig(prefix=f"t{unique}", snapshot_every=300, join=JoinConfig(wait_s=0.0))
+    return FlowConfig(prefix=f"t{unique}", snapshot_every=100, join=JoinConfig(wait_s=0.0))
 
 
 async def test_learner_snapshots_with_lineage_and_survives_a_restart(settings: Settings, config: FlowConfig) -> None:
     registry = _register_online(settings)
-    rows = fraud_rows(1000, seed=21)
+    rows = fraud_rows(350, seed=21)
     flows = LabelFlows(settings, config)
-    await _feed(flows, rows[:700])
+    await _feed(flows, rows[:250])
     learner = flows.trainer.learners["fraud"]
-    assert learner.labels_seen == 700
+    assert learner.labels_seen == 250
     versions = registry.list("fraud")
-    assert [v.version for v in versions] == [1, 2, 3]  # snapshots after 300 and 600 labels
+    assert [v.version for v in versions] == [1, 2, 3]  # snapshots after 100 and 200 labels
     snap = versions[-1]
     assert snap.stage == "staging"
     assert snap.params["online"]
-    assert snap.params["label_offsets"] == {"_labels:0": [300, 599]}
+    assert snap.params["label_offsets"] == {"_labels:0": [100, 199]}
     assert snap.params["parent_version"] == 2
-    assert snap.training_set_ref == "labels:_labels:0@300-599"
-    assert snap.data_range == (T0 + 300 + 1000, T0 + 599 + 1000)
+    assert snap.training_set_ref == "labels:_labels:0@100-199"
+    assert snap.data_range == (T0 + 100 + 1000, T0 + 199 + 1000)
     runs = RunStore.from_settings(settings).list("fraud")
     assert [r.kind for r in runs] == ["online_snapshot", "online_snapshot"]
     assert runs[0].model_version == 3
-    assert runs[0].data_refs["label_offsets"] == {"_labels:0": [300, 599]}
+    assert runs[0].data_refs["label_offsets"] == {"_labels:0": [100, 199]}
     probe = {"ratio": 4.0, "foreign": 1.0}
     at_snapshot = registry.load(snap).predict([probe])[0]
     await flows.stop()
 
-    # a new worker: restores the last snapshot (600 labels), skips replayed labels it already learned
+    # a new worker: restores the last snapshot (200 labels), skips replayed labels it already learned
     restarted = LabelFlows(settings, config)
-    await _feed(restarted, rows[550:700], start=550)  # replay from an older committed offset
+    await _feed(restarted, rows[150:250], start=150)  # replay from an older committed offset
     restored = restarted.trainer.learners["fraud"]
     assert restored.base_version == 3
-    assert restored.labels_seen == 700  # 600 from the snapshot + 100 relearned, 50 skipped
-    await _feed(restarted, rows[700:], start=700)
-    assert restored.labels_seen == 1000
-    assert registry.get("fraud", 4).params["label_offsets"] == {"_labels:0": [600, 899]}
+    assert restored.labels_seen == 250  # 200 from the snapshot + 50 relearned, 50 skipped
+    await _feed(restarted, rows[250:], start=250)
+    assert restored.labels_seen == 350
+    assert registry.get("fraud", 4).params["label_offsets"] == {"_labels:0": [200, 299]}
     assert at_snapshot == pytest.approx(registry.load(snap).predict([probe])[0])  # versions are immutable
     await restarted.tick()
     live = await read_live(restarted.redis, restarted.keys, "fraud")
-    assert live["learner"]["labels_seen"] == 1000
+    assert live["learner"]["labels_seen"] == 350
     assert live["learner"]["version"] == 4
-    assert live["learner"]["metrics"]["rolling_roc_auc"] > 0.75
+    assert live["learner"]["metrics"]["rolling_roc_auc"] > 0.65
     await restarted.stop()
 
 
 async def test_snapshot_artifact_is_a_pickled_learner(settings: Settings, config: FlowConfig) -> None:
     registry = _register_online(settings)
     flows = LabelFlows(settings, config)
-    await _feed(flows, fraud_rows(300, seed=3))
+    await _feed(flows, fraud_rows(100, seed=3))
     version = registry.get("fraud", 2)
     path = registry.artifact_dir / version.sha256[:2] / version.sha256
     learner = pickle.loads(path.read_bytes())
     assert isinstance(learner, OnlineLearner)
-    assert learner.labels_seen == 300
+    assert learner.labels_seen == 100
     await flows.stop()
 
 
@@ -115,24 +115,24 @@ async def test_challenger_scores_in_shadow_and_is_judged_by_labels(settings: Set
     registry.register("fraud", "ratio > 2.5", flavor="rule", features=["ratio"])  # version 2: a decent rule
     Approvals.from_settings(settings, registry).set_challenger("fraud", 2, actor="alice")
     flows = LabelFlows(settings, config)
-    await _feed(flows, fraud_rows(200, seed=8))
+    await _feed(flows, fraud_rows(80, seed=8))
     live = await read_live(flows.redis, flows.keys, "fraud")
     perf: dict[str, Any] = live["performance"]
-    assert perf["1"]["live"]["labels"] == 200
-    assert perf["2"]["shadow"]["labels"] == 200
+    assert perf["1"]["live"]["labels"] == 80
+    assert perf["2"]["shadow"]["labels"] == 80
     assert perf["2"]["shadow"]["accuracy"] > 0.5
-    assert live["labels"]["joined"] == 200
+    assert live["labels"]["joined"] == 80
     await flows.stop()
 
 
 async def test_monitoring_report_and_drift_triggered_snapshot(settings: Settings, config: FlowConfig) -> None:
     registry = _register_online(settings)
-    flows = LabelFlows(settings, FlowConfig(prefix=config.prefix, snapshot_every=100_000, monitor_bootstrap=200,
-                                            join=JoinConfig(wait_s=0.0)))
-    rows = fraud_rows(1200, seed=5)
-    await _feed(flows, rows[:400])
-    shifted = [{**r, "ratio": r["ratio"] * 6 + 5} for r in rows[400:]]
-    await _feed(flows, shifted, start=400)
+    flows = LabelFlows(settings, FlowConfig(prefix=config.prefix, snapshot_every=100_000, monitor_bootstrap=150,
+                                            retrain_after=100, join=JoinConfig(wait_s=0.0)))
+    rows = fraud_rows(450, seed=5)
+    await _feed(flows, rows[:200])
+    shifted = [{**r, "ratio": r["ratio"] * 6 + 5} for r in rows[200:]]
+    await _feed(flows, shifted, start=200)
     await flows.tick()
     report = orjson.loads(await flows.redis.get(flows.keys.monitor("fraud")))
     assert report["reference"] == "bootstrap"
