@@ -24,18 +24,29 @@ pairs to the online trainer (`streams.learning`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import orjson
 import structlog
+from mode import Service
 
+from feature_store.errors import ConfigError
+from feature_store.models import ModelRegistry
+from feature_store.monitoring import Alert
+from feature_store.monitoring.hub import MonitorHub
+from feature_store.settings import Settings
+from feature_store.training import Approvals, RunStore
 from feature_store.training.live import LiveKeys, perf_fields
-from schemas import LABELS
+from schemas import LABELS, PREDICTION_LOG
+from streams.learning import OnlineTrainer, ShadowScorer
 
-__all__ = ["JoinConfig", "JoinOutcome", "JoinedLabel", "LabelJoiner"]
+__all__ = ["FlowConfig", "JoinConfig", "JoinOutcome", "JoinedLabel", "LabelFlows", "LabelJoiner", "install"]
 
 log = structlog.get_logger("featurestream.labels")
 
@@ -243,3 +254,134 @@ class LabelJoiner:
 
 
 JoinedHandler = Callable[[JoinedLabel], Awaitable[None]]
+
+
+# ---------------------------------------------------------------- the worker's label flows
+
+@dataclass(frozen=True, kw_only=True)
+class FlowConfig:
+    """Topics, key prefix and timings of the label/learning flows of a worker."""
+
+    prefix: str = "fs"
+    labels_topic: str = "_labels"
+    predictions_topic: str = "_predictions"
+    join: JoinConfig = field(default_factory=JoinConfig)
+    snapshot_every: int = 1000
+    retrain_after: int = 200  # labels between a drift alert and the retraining snapshot it triggers
+    monitor_bootstrap: int = 500  # served vectors that become the drift reference when no profile was saved
+    tick_s: float = 1.0  # pending-label sweep and report publishing interval
+
+
+class LabelFlows:
+    """Prediction log -> store + shadow scores + monitors; labels -> join -> learner. What the agents call."""
+
+    def __init__(self, settings: Settings, config: FlowConfig | None = None) -> None:
+        self.settings = settings
+        self.config = config or FlowConfig()
+        self.keys = LiveKeys(self.config.prefix)
+        self.redis: Any = None
+        self._start_lock = asyncio.Lock()
+        self._models_of: dict[str, set[str]] = {}  # monitored service -> models seen serving it
+
+    async def start(self) -> None:
+        async with self._start_lock:
+            if self.redis is not None:
+                return
+            import redis.asyncio as aioredis
+
+            if not self.settings.redis:
+                raise ConfigError("label flows need FEATURESTREAM_REDIS (or run `featurestream up`)")
+            registry = ModelRegistry.from_settings(self.settings)
+            self.redis = aioredis.Redis.from_url(self.settings.redis)
+            self.joiner = LabelJoiner(self.redis, self.keys, self.config.join)
+            self.trainer = OnlineTrainer(registry, RunStore.from_settings(self.settings), self.redis, self.keys,
+                                         snapshot_every=self.config.snapshot_every,
+                                         retrain_after=self.config.retrain_after)
+            self.shadow = ShadowScorer(Approvals.from_settings(self.settings, registry))
+            self.hub = MonitorHub(Path(self.settings.data_dir), bootstrap=self.config.monitor_bootstrap,
+                                  on_alert=self._on_alert)
+
+    async def stop(self) -> None:
+        if self.redis is None:
+            return
+        with contextlib.suppress(Exception):
+            await self.trainer.publish_all()
+            await self.hub.publish(self.redis, self.keys.monitor)
+        await self.redis.aclose()
+        self.redis = None
+
+    async def on_prediction(self, raw: bytes) -> None:
+        await self.start()
+        try:
+            record = PREDICTION_LOG.validate(orjson.loads(raw))
+        except Exception as exc:  # not ours to stop on
+            log.warning("prediction_record_invalid", reason=" ".join(str(exc).split())[:300])
+            return
+        self._models_of.setdefault(str(record.get("service") or record["model"]), set()).add(str(record["model"]))
+        await self.joiner.add_prediction(record, self.shadow.scores(record))
+        self.hub.observe(record)
+
+    async def on_label(self, raw: bytes, *, source: str, offset: int) -> JoinOutcome:
+        await self.start()
+        try:
+            label = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            label = {}
+        outcome = await self.joiner.join(label, source=source, offset=offset)
+        if outcome.joined is not None:
+            await self._joined(outcome.joined)
+        return outcome
+
+    async def _joined(self, joined: JoinedLabel) -> None:
+        if not joined.replay:
+            self.hub.observe_outcome(joined.service or joined.model, joined.prediction, joined.label)
+        await self.trainer.on_joined(joined)
+
+    async def tick(self) -> None:
+        """Retry pending labels, publish monitoring reports and learner status."""
+        await self.start()
+        for outcome in await self.joiner.sweep():
+            if outcome.joined is not None:
+                await self._joined(outcome.joined)
+        await self.hub.publish(self.redis, self.keys.monitor)
+        await self.trainer.publish_all()
+
+    def _on_alert(self, alert: Alert) -> None:
+        """A drift signal triggers a retraining run: the online learner snapshots once it has adapted."""
+        if alert.kind not in ("feature_drift", "stream_drift"):
+            return
+        for model in self._models_of.get(alert.service, {alert.service}):
+            self.trainer.request_snapshot(model, reason=f"{alert.kind} alert on {alert.subject}")
+
+
+def install(app: Any, settings: Settings, config: FlowConfig | None = None) -> LabelFlows:
+    """Add the prediction-log and label agents and the sweep timer to a worker's Faust app."""
+    config = config or FlowConfig()
+    flows = LabelFlows(settings, config)
+    topic_options: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw",
+                                     "partitions": settings.partitions}
+    predictions = app.topic(config.predictions_topic, **topic_options)
+    labels = app.topic(config.labels_topic, **topic_options)
+
+    async def prediction_agent(stream: Any) -> None:
+        async for event in stream.events():
+            await flows.on_prediction(event.value)
+
+    async def label_agent(stream: Any) -> None:
+        async for event in stream.events():
+            message = event.message
+            await flows.on_label(event.value, source=f"{message.topic}:{message.partition}", offset=message.offset)
+
+    async def tick() -> None:
+        await flows.tick()
+
+    app.agent(predictions, name="featurestream.predictions")(prediction_agent)
+    app.agent(labels, name="featurestream.labels")(label_agent)
+    app.timer(config.tick_s, name="featurestream.labels.tick")(tick)
+
+    class LabelFlowsService(Service):  # type: ignore[misc]  # mode is untyped
+        async def on_stop(self) -> None:
+            await flows.stop()
+
+    app.service(LabelFlowsService)
+    return flows

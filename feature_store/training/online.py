@@ -24,6 +24,11 @@ from feature_store.training.metrics import Task, evaluate
 __all__ = ["OnlineLearner"]
 
 
+def _numeric(x: Mapping[str, Any]) -> dict[str, float]:
+    """The numeric inputs, booleans as 0/1 (river linear models take numbers; strings and nulls are left out)."""
+    return {k: float(v) for k, v in x.items() if isinstance(v, int | float)}
+
+
 class OnlineLearner:
     """A river estimator plus progressive metrics, lineage offsets and snapshot bookkeeping."""
 
@@ -48,14 +53,14 @@ class OnlineLearner:
 
     # -- the river interface, so a snapshot artifact predicts like its model
     def predict_proba_one(self, x: Mapping[str, Any]) -> dict[Any, float]:
-        return dict(self.model.predict_proba_one(dict(x)))
+        return dict(self.model.predict_proba_one(_numeric(x)))
 
     def predict_one(self, x: Mapping[str, Any]) -> Any:
-        return self.model.predict_one(dict(x))
+        return self.model.predict_one(_numeric(x))
 
     def score(self, x: Mapping[str, Any]) -> float:
         """Probability of the positive class (binary) or the predicted value (regression)."""
-        clean = {k: float(v) for k, v in x.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        clean = _numeric(x)
         if self.task == "binary":
             probs = self.model.predict_proba_one(clean)
             return float(probs.get(True, probs.get(1, 0.5))) if probs else 0.5
@@ -75,7 +80,7 @@ class OnlineLearner:
         if event_time is not None:
             self.event_range = ([min(self.event_range[0], event_time), max(self.event_range[1], event_time)]
                                 if self.event_range else [event_time, event_time])
-        clean = {k: float(v) for k, v in x.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        clean = _numeric(x)
         prediction = self.score(clean)
         y = float(label)
         self.recent.append((y, prediction))
