@@ -13,7 +13,7 @@ import typer
 from feature_store.errors import FeatureStoreError
 from feature_store.logging import configure_logging
 from feature_store.settings import get_settings
-from featurestream.commands import apply, consistency, demo, init, materialize, training_set, up, worker
+from featurestream.commands import apply, consistency, demo, dlq, init, materialize, publish, training_set, up, worker
 
 __all__ = ["app", "main"]
 
@@ -40,6 +40,8 @@ app.command("demo")(demo.demo)
 app.command("training-set")(training_set.training_set)
 app.command("materialize")(materialize.materialize)
 app.command("worker")(worker.worker)
+app.command("publish")(publish.publish)
+app.add_typer(dlq.app, name="dlq")
 
 
 def main() -> None:
