@@ -243,7 +243,7 @@ class Demo:
         assert self.traffic is not None
         result = self.traffic.train(MODEL, SERVICE)
         self.report.figures.update(result)
-        metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(result["metrics"].items()) if isinstance(v, float))
+        metrics = _metrics_text(result["metrics"])
         return (f"{result['training_rows']} rows x {result['features']} features; "
                 f"{MODEL} v{result['version']}: {metrics}")
 
@@ -341,6 +341,13 @@ class Demo:
 
 
 # ---------------------------------------------------------------- helpers
+_SHOWN_METRICS = ("roc_auc", "log_loss", "accuracy", "brier")
+
+
+def _metrics_text(metrics: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {metrics[k]:.3f}" for k in _SHOWN_METRICS if isinstance(metrics.get(k), float))
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -425,14 +432,14 @@ def print_report(console: Console, report: DemoReport, *, api_url: str | None = 
     if "published" in f:
         row("events", f"{f['published']:,} published in {f['publish_s']:.1f} s "
                       f"({f['publish_events_per_s']:,.0f} events/s), {f['applied']:,} applied, {f['late']} late")
-        row("worker throughput", f"{f['events_per_s']:,.0f} events/s (first publish -> last apply)")
+        row("worker throughput", f"{f['events_per_s']:,.0f} events/s (publish start -> last event applied)")
         if f.get("freshness_s") is not None:
             row("freshness", f"{f['freshness_s']:.2f} s from event time to servable (median, newest events)")
         row("dead letters", f"{f['invalid']} of {f['malformed']} malformed events sent to {SOURCE}.dlq")
     if "training_rows" in f:
         row("training set", f"{f['training_rows']:,} point-in-time rows, {f['positives']} frauds, "
                             f"{f['features']} model inputs")
-        metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(f["metrics"].items()) if isinstance(v, float))
+        metrics = _metrics_text(f["metrics"])
         row("model", f"{MODEL} v{f['version']} (river logistic regression, production): {metrics}")
     if "predicted" in f:
         latency = f.get("predict_ms_per_entity")

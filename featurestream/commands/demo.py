@@ -31,10 +31,16 @@ def demo(
     served features match the batch path. Ctrl-C stops everything cleanly.
     Exits 1 when a step fails or the consistency is below 100%.
     """
+    import os
+
     from rich.console import Console
 
+    from feature_store.logging import configure_logging
+    from feature_store.settings import load_settings
     from featurestream.demo import Demo, DemoConfig, DemoFailed, print_report
 
+    if "FEATURESTREAM_LOG_LEVEL" not in os.environ:  # the report is the output; logs only for trouble
+        configure_logging(load_settings(log_level="WARNING"))
     console = Console(highlight=False)
     runner = Demo(DemoConfig(events=events, duration_s=duration, predictions=predictions, users=users,
                              data_dir=data_dir), console)
