@@ -327,16 +327,12 @@ def _malformed(history: Sequence[tuple[dict[str, Any], bool]], every: int) -> li
 
 
 def _labels_topic() -> str:
-    """The labels topic the worker's label join reads (its module's constant when it exists)."""
+    """The labels topic the worker's label agent reads."""
     try:
-        from streams import labels as labels_module  # type: ignore[attr-defined]
+        from feature_store.training.live import LABELS_TOPIC
     except ImportError:
         return "_labels"
-    for name in ("LABELS_TOPIC", "TOPIC", "DEFAULT_TOPIC"):
-        value = getattr(labels_module, name, None)
-        if isinstance(value, str):
-            return value
-    return "_labels"
+    return LABELS_TOPIC
 
 
 def _now_ms() -> int:

@@ -17,6 +17,19 @@ if ! command -v redis-server >/dev/null 2>&1; then
   fi
 fi
 
+# Headless Chromium drives the dashboard's browser test (tests/serving/test_ui_browser.py) via Playwright.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ]; then
+    echo "bootstrap: installing chromium with apt-get (for the dashboard browser test)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq chromium >/dev/null
+  else
+    echo "bootstrap: chromium is missing; run 'sudo apt-get install -y chromium' (the dashboard browser test needs it)" >&2
+    exit 1
+  fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
   python=""
   for candidate in ${PYTHON:-} python3.11 python3.12 python3.13 python3; do
