@@ -137,5 +137,6 @@ fraud_detection = FeatureService(
         "user_last_txn:country": StalenessPolicy(max_age="7d", action="serve"),
     },
     request_fields={"amount": "float"},
+    derived={"amount_ratio": "amount / coalesce(user_spend__amount_mean_24h, amount)"},
     description="Features of the card-fraud model",
 )
