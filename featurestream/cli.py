@@ -13,7 +13,21 @@ import typer
 from feature_store.errors import FeatureStoreError
 from feature_store.logging import configure_logging
 from feature_store.settings import get_settings
-from featurestream.commands import apply, consistency, demo, dlq, init, materialize, publish, training_set, up, worker
+from featurestream.commands import (
+    apply,
+    consistency,
+    demo,
+    dlq,
+    init,
+    materialize,
+    models,
+    publish,
+    score,
+    serve,
+    training_set,
+    up,
+    worker,
+)
 
 __all__ = ["app", "main"]
 
@@ -42,6 +56,9 @@ app.command("materialize")(materialize.materialize)
 app.command("worker")(worker.worker)
 app.command("publish")(publish.publish)
 app.add_typer(dlq.app, name="dlq")
+app.command("serve")(serve.serve)
+app.command("score")(score.score)
+app.add_typer(models.app, name="models")
 
 
 def main() -> None:

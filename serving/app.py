@@ -28,7 +28,7 @@ from feature_store.settings import Settings
 from serving.errors import install_error_handlers
 from serving.model_cache import ModelCache
 from serving.prediction_log import PredictionLog
-from serving.routers import features, health, models, predict, push, ui
+from serving.routers import features, health, labels, models, monitoring, predict, push, ui
 from serving.routers import metrics as metrics_route
 from serving.state import ServingConfig, ServingState
 from serving.telemetry import Metrics, MetricsMiddleware
@@ -74,7 +74,7 @@ def create_app(settings: Settings, repo: FeatureRepo | None = None, *, repo_path
         state: ServingState = app.state.serving
         if settings.redis:
             state.redis = _redis(settings.redis, config)
-            state.reader = OnlineReader(state.redis, KeyLayout(config.key_prefix))
+            state.reader = OnlineReader(state.redis, KeyLayout(config.key_prefix or settings.online_prefix))
         await state.prediction_log.start()
         log.info("serving_started", redis=bool(settings.redis), kafka=bool(settings.kafka),
                  services=sorted(repo.services), models=len(registry.names()))
@@ -107,5 +107,7 @@ def create_app(settings: Settings, repo: FeatureRepo | None = None, *, repo_path
     install_error_handlers(app)
     for module in (features, predict, push, models, health, metrics_route, ui):
         app.include_router(module.router)
+    app.include_router(labels.router)
+    app.include_router(monitoring.router)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -29,7 +29,7 @@ class ServingConfig:
 
     max_entities: int = 1000
     redis_timeout_s: float = 0.3
-    key_prefix: str = "fs"
+    key_prefix: str | None = None  # None: Settings.online_prefix
     prediction_topic: str = "_predictions"
     prediction_buffer: int = 10_000
     model_ttl_s: float = 1.0

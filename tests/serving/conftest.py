@@ -94,7 +94,7 @@ def client(app: FastAPI) -> Iterator[TestClient]:
 @pytest.fixture
 def store(redis_url: str, config: ServingConfig) -> Iterator[OnlineWriter]:
     r = redis.Redis.from_url(redis_url)
-    writer = OnlineWriter(r, KeyLayout(config.key_prefix))
+    writer = OnlineWriter(r, KeyLayout(config.key_prefix or "fs"))
     yield writer
     for key in r.scan_iter(match=f"{config.key_prefix}:*", count=1000):
         r.delete(key)
