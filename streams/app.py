@@ -22,6 +22,8 @@ from mode import Service
 from feature_store.errors import ConfigError
 from feature_store.repo import FeatureRepo
 from feature_store.settings import Settings
+from streams.labels import FlowConfig
+from streams.labels import install as install_label_flows
 from streams.materializer import Materializer, MaterializerConfig
 from streams.metrics import WorkerMetrics
 
@@ -98,4 +100,5 @@ def create_app(settings: Settings, repo: FeatureRepo, options: WorkerOptions | N
         processing_guarantee="at_least_once",
     )
     app.service(type("BoundMaterializerService", (MaterializerService,), {"materializer": materializer}))
+    install_label_flows(app, settings, FlowConfig(prefix=options.prefix))  # labels, online learning (issue 7)
     return app

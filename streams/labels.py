@@ -42,7 +42,7 @@ from feature_store.monitoring import Alert
 from feature_store.monitoring.hub import MonitorHub
 from feature_store.settings import Settings
 from feature_store.training import Approvals, RunStore
-from feature_store.training.live import LiveKeys, perf_fields
+from feature_store.training.live import LABELS_TOPIC, LiveKeys, perf_fields
 from schemas import LABELS, PREDICTION_LOG
 from streams.learning import OnlineTrainer, ShadowScorer
 
@@ -263,7 +263,7 @@ class FlowConfig:
     """Topics, key prefix and timings of the label/learning flows of a worker."""
 
     prefix: str = "fs"
-    labels_topic: str = "_labels"
+    labels_topic: str = LABELS_TOPIC
     predictions_topic: str = "_predictions"
     join: JoinConfig = field(default_factory=JoinConfig)
     snapshot_every: int = 1000
@@ -379,7 +379,7 @@ def install(app: Any, settings: Settings, config: FlowConfig | None = None) -> L
     app.agent(labels, name="featurestream.labels")(label_agent)
     app.timer(config.tick_s, name="featurestream.labels.tick")(tick)
 
-    class LabelFlowsService(Service):  # type: ignore[misc]  # mode is untyped
+    class LabelFlowsService(Service):
         async def on_stop(self) -> None:
             await flows.stop()
 

@@ -41,30 +41,29 @@ class MonitorHub:
         self.references: dict[str, str] = {}
         self._warmup: dict[str, list[dict[str, Any]]] = {}
 
-    def _monitor(self, service: str, features: Mapping[str, Any]) -> ServiceMonitor | None:
-        found = self.monitors.get(service)
-        if found is not None:
-            return found
-        path = profiles_path(self.data_dir, service)
-        if path.exists():
-            profiles = load_profiles(path)
-            self.references[service] = str(path)
-        else:
-            rows = self._warmup.setdefault(service, [])
+    def _monitor(self, service: str, features: Mapping[str, Any]) -> ServiceMonitor:
+        monitor = self.monitors.get(service)
+        if monitor is None:
+            path = profiles_path(self.data_dir, service)
+            profiles = load_profiles(path) if path.exists() else {}
+            self.references[service] = str(path) if profiles else "bootstrap (warming up)"
+            monitor = ServiceMonitor(service, profiles, alert_log=self.alert_log, window=self.window, **self.options)
+            if self.on_alert is not None:
+                monitor.on_alert.append(self.on_alert)
+            self.monitors[service] = monitor
+            if not profiles:
+                self._warmup[service] = []
+        rows = self._warmup.get(service)
+        if rows is not None:  # no saved reference: the first `bootstrap` vectors become it
             rows.append(dict(features))
-            if len(rows) < self.bootstrap:
-                return None
-            import pyarrow as pa
+            if len(rows) >= self.bootstrap:
+                import pyarrow as pa
 
-            names = sorted({k for r in rows for k in r})
-            table = pa.table({n: pa.array([r.get(n) for r in rows], from_pandas=True) for n in names})
-            profiles = profile_table(table)
-            self.references[service] = "bootstrap"
-            del self._warmup[service]
-        monitor = ServiceMonitor(service, profiles, alert_log=self.alert_log, window=self.window, **self.options)
-        if self.on_alert is not None:
-            monitor.on_alert.append(self.on_alert)
-        self.monitors[service] = monitor
+                names = sorted({k for r in rows for k in r})
+                table = pa.table({n: pa.array([r.get(n) for r in rows], from_pandas=True) for n in names})
+                monitor.set_reference(profile_table(table))
+                self.references[service] = "bootstrap"
+                del self._warmup[service]
         return monitor
 
     def observe(self, record: Mapping[str, Any]) -> list[Alert]:
@@ -72,10 +71,7 @@ class MonitorHub:
         service = str(record.get("service") or record["model"])
         features = record["features"]
         values = orjson.loads(features) if isinstance(features, str | bytes) else dict(features)
-        monitor = self._monitor(service, values)
-        if monitor is None:
-            return []
-        return monitor.observe(values, prediction=float(record["prediction"]))
+        return self._monitor(service, values).observe(values, prediction=float(record["prediction"]))
 
     def observe_outcome(self, service: str, prediction: float, label: float) -> list[Alert]:
         monitor = self.monitors.get(service)

@@ -72,6 +72,7 @@ class ServiceMonitor:
         self.rules = dict(rules or {})
         self.detectors = StreamDetectors(detector, stream_specs)
         self.watch_features = watch_features
+        self.window = window
         self.served: dict[str, deque[Any]] = {f: deque(maxlen=window) for f in self.profiles}
         self.observed = 0
         self.outcomes = 0
@@ -86,6 +87,13 @@ class ServiceMonitor:
                        **options: Any) -> ServiceMonitor:
         """Profile the reference (a training set: Arrow table or DataFrame) and watch those features."""
         return cls(service, profile_table(table, features), **options)
+
+    def set_reference(self, profiles: Mapping[str, FeatureProfile]) -> None:
+        """Replace the reference (e.g. once a bootstrap window is full); served windows restart."""
+        self.profiles = dict(profiles)
+        self.served = {f: deque(maxlen=self.window) for f in self.profiles}
+        self._status.clear()
+        self._failing.clear()
 
     # -- feeding
     def observe(self, features: Mapping[str, Any], prediction: float | None = None) -> list[Alert]:

@@ -21,7 +21,9 @@ from typing import Any
 
 import orjson
 
-__all__ = ["LiveKeys", "perf_fields", "perf_summary", "read_live"]
+__all__ = ["LABELS_TOPIC", "LiveKeys", "perf_fields", "perf_summary", "read_live"]
+
+LABELS_TOPIC = "_labels"  # where `POST /v1/labels` sends labels and the worker's label agent reads them
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,10 @@ class OnlineLearner:
         return float(value) if value is not None else 0.0
 
     # -- learning
+    def learn_one(self, x: Mapping[str, Any], y: Any) -> None:
+        """river's API, so `train_model` can pre-train a learner in batch before it goes online."""
+        self.learn(x, float(y))
+
     def learn(self, x: Mapping[str, Any], label: float, *, source: str = "", offset: int | None = None,
               event_time: int | None = None) -> float | None:
         """Predict, score, learn one pair; None (nothing learned) when `offset` of `source` was learned before."""
