@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from feature_store.online.keys import KeyLayout
 from feature_store.online.writer import NO_OFFSET, OnlineWriter, PartitionBatch
 from feature_store.publish import ensure_topics
 from feature_store.repo import FeatureRepo
-from streams.batch import APPLIED, LATE, Classified, applied_table, classify, log_schema, log_table
+from streams.batch import APPLIED, INVALID, LATE, Classified, applied_table, classify, log_schema, log_table
 from streams.dlq import dead_letter_headers
 from streams.metrics import WorkerMetrics
 from streams.views import SourcePlan, TransformFailed
@@ -72,6 +73,21 @@ class _Partition:
     redis_offset: int  # last offset applied to Redis (by anyone, as far as we know)
     watermark: int  # after next_offset - 1
     gap_checked: bool = False  # a gap after a seek was re-checked once (a true gap, not a stale fetch)
+
+
+@dataclass
+class _Prepared:
+    """One partition batch between its CPU work and its I/O."""
+
+    tp: TopicPartition
+    part: _Partition
+    records: Sequence[Any]
+    c: Classified
+    redis_from: int  # records[redis_from:] are beyond the stored offset: applied now
+    log_from: int  # records[log_from:] are beyond the logged offset: logged now
+    ingest: int
+    batch: PartitionBatch | None
+    started: float
 
 
 @dataclass
@@ -164,8 +180,7 @@ class Materializer:
                 await asyncio.sleep(0.5)
                 continue
             async with self._lock:
-                for tp, records in batches.items():
-                    await self._process(tp, records)
+                await self._process_all(batches)
                 for source in self._sources.values():
                     for partition in source.log.due():
                         source.log.flush(partition)
@@ -220,19 +235,36 @@ class Materializer:
 
     # -- one partition batch -----------------------------------------------------------
 
+    async def _process_all(self, batches: dict[TopicPartition, Sequence[Any]]) -> None:
+        """Prepare each partition's batch (CPU) while the previous ones run in Redis, then wait for all."""
+        commits = []
+        for tp, records in batches.items():
+            prepared = self._prepare(tp, records)
+            if prepared is not None:
+                commits.append(asyncio.ensure_future(self._commit(prepared)))
+                await asyncio.sleep(0)  # let it send its script before we compute the next one
+        if commits:
+            await asyncio.gather(*commits)
+
     async def _process(self, tp: TopicPartition, records: Sequence[Any]) -> None:
+        prepared = self._prepare(tp, records)
+        if prepared is not None:
+            await self._commit(prepared)
+
+    def _prepare(self, tp: TopicPartition, records: Sequence[Any]) -> _Prepared | None:
+        """Classify, find the Redis and log parts of the batch, compute the online writes (no I/O)."""
         part = self._parts.get(tp)
         if part is None:
-            return
+            return None
         records = [r for r in records if r.offset >= part.next_offset]
         if not records:
-            return
+            return None
         if records[0].offset > part.next_offset and part.next_offset > 0 and not part.gap_checked:
             # records from before a seek can still arrive; fetch again from where we are once
             assert self._consumer is not None
             part.gap_checked = True
             self._consumer.seek(tp, part.next_offset)
-            return
+            return None
         part.gap_checked = False
         started = time.perf_counter()
         src = part.source
@@ -245,44 +277,56 @@ class Materializer:
             self._reject_transform_failures(src, c, [i for i in c.applied() if log_from <= i < redis_from],
                                             part.partition, 0)
         ingest = _now_ms()
+        batch = None
         if redis_from < len(records):
-            applied = await self._apply(tp, part, c, records, redis_from, ingest)
-            if not applied:
+            batch = PartitionBatch(offset_key=self.keys.offset_key(source, part.partition),
+                                   expected_offset=part.redis_offset, first_offset=c.offsets[redis_from],
+                                   last_offset=c.offsets[-1], watermark=c.watermark, layouts=src.plan.layouts)
+            indexes = [i for i in c.applied() if i >= redis_from]
+            if indexes:
+                try:
+                    src.plan.writes(self._con, applied_table(source, c, indexes, part.partition, ingest),
+                                    part.partition, batch, ingest)
+                except TransformFailed:
+                    self._reject_transform_failures(src, c, indexes, part.partition, ingest)
+                    batch.tiles.clear()
+                    batch.latest.clear()
+                    indexes = [i for i in c.applied() if i >= redis_from]
+                    if indexes:
+                        src.plan.writes(self._con, applied_table(source, c, indexes, part.partition, ingest),
+                                        part.partition, batch, ingest)
+        return _Prepared(tp, part, records, c, redis_from, log_from, ingest, batch, started)
+
+    async def _commit(self, p: _Prepared) -> None:
+        """Dead letters, the fenced apply, then the event log; a fenced batch resumes from the store."""
+        part, c, src = p.part, p.c, p.part.source
+        if p.batch is not None:
+            await self._dead_letters(src.source, part.partition, c, p.records, p.redis_from)
+            if not await self._apply(p.tp, part, p.batch):
                 return
-        if log_from < len(records):
-            src.log.append(part.partition, log_table(src.log_schema, c, log_from, part.partition, ingest),
+            part.redis_offset = c.offsets[-1]
+            written = _now_ms()
+            times = [c.event_times[i] for i in c.applied() if i >= p.redis_from]
+            histogram = self.metrics.freshness.labels(src.source.name)
+            for et in times[:: max(1, len(times) // 64)]:  # a sample is enough for the histogram
+                histogram.observe(max(0, written - et) / 1000)  # type: ignore[operator]
+            if self._on_applied is not None:
+                self._on_applied(times, written)  # type: ignore[arg-type]
+        if p.log_from < len(p.records):
+            src.log.append(part.partition, log_table(src.log_schema, c, p.log_from, part.partition, p.ingest),
                            c.offsets[-1], c.watermark)
         part.next_offset = c.offsets[-1] + 1
         part.watermark = c.watermark
-        name = source.name
-        for status in (APPLIED, LATE, "invalid"):
-            count = sum(1 for i in range(redis_from, len(records)) if c.status[i] == status)
-            if count:
-                self.metrics.events.labels(name, status).inc(count)
-        self.metrics.batch_latency.labels(name).observe(time.perf_counter() - started)
+        name = src.source.name
+        counts = Counter(c.status[p.redis_from:])
+        for status in (APPLIED, LATE, INVALID):
+            if counts[status]:
+                self.metrics.events.labels(name, status).inc(counts[status])
+        self.metrics.batch_latency.labels(name).observe(time.perf_counter() - p.started)
 
-    async def _apply(self, tp: TopicPartition, part: _Partition, c: Classified, records: Sequence[Any],
-                     redis_from: int, ingest: int) -> bool:
-        """Dead letters, then one fenced script call for records[redis_from:]; False when fenced."""
+    async def _apply(self, tp: TopicPartition, part: _Partition, batch: PartitionBatch) -> bool:
+        """One fenced script call, retried while Redis is down; False when the store refused it."""
         assert self._writer is not None
-        src = part.source
-        indexes = [i for i in c.applied() if i >= redis_from]
-        batch = PartitionBatch(offset_key=self.keys.offset_key(src.source, part.partition),
-                               expected_offset=part.redis_offset, first_offset=c.offsets[redis_from],
-                               last_offset=c.offsets[-1], watermark=c.watermark, layouts=src.plan.layouts)
-        if indexes:
-            try:
-                src.plan.writes(self._con, applied_table(src.source, c, indexes, part.partition, ingest),
-                                part.partition, batch)
-            except TransformFailed:
-                self._reject_transform_failures(src, c, indexes, part.partition, ingest)
-                indexes = [i for i in c.applied() if i >= redis_from]
-                batch.tiles.clear()
-                batch.latest.clear()
-                if indexes:
-                    src.plan.writes(self._con, applied_table(src.source, c, indexes, part.partition, ingest),
-                                    part.partition, batch)
-        await self._dead_letters(src.source, part.partition, c, records, redis_from)
         for attempt in range(1_000_000):
             try:
                 result = await self._writer.apply(batch)
@@ -295,14 +339,6 @@ class Materializer:
         if not result.applied:
             await self._refence(tp, part)
             return False
-        part.redis_offset = c.offsets[-1]
-        written = _now_ms()
-        times = [c.event_times[i] for i in indexes]
-        histogram = self.metrics.freshness.labels(src.source.name)
-        for et in times[:: max(1, len(times) // 64)]:  # a sample is enough for the histogram
-            histogram.observe(max(0, written - et) / 1000)  # type: ignore[operator]
-        if self._on_applied is not None:
-            self._on_applied(times, written)  # type: ignore[arg-type]
         return True
 
     def _reject_transform_failures(self, src: _Source, c: Classified, indexes: list[int], partition: int,

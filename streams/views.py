@@ -30,6 +30,9 @@ RELATION = "__batch"
 TTL_MARGIN_MS = 60_000
 """Keys live this much longer than the longest read reaching them."""
 
+_REFRESH_CACHE = 1_000_000
+"""Keys whose last TTL refresh this worker remembers (forgotten all at once beyond that: one extra refresh each)."""
+
 
 class TransformFailed(Exception):  # internal signal, never escapes the worker
     """DuckDB refused a view's SQL on the batch (some row breaks a transform)."""
@@ -41,8 +44,20 @@ class _ViewSql:
     layout: TileLayout | None  # None: latest-value view
     layout_index: int
     sql: str
-    pexpire_ms: int
+    pexpire_ms: int  # 0: no expiry
     keep_ms: int
+    refresh_ms: int  # how often a written key's TTL is pushed forward
+
+
+def _ttl(lifetime_ms: int) -> tuple[int, int]:
+    """(pexpire, refresh interval) so a key outlives its last write by at least `lifetime_ms`.
+
+    The TTL is refreshed at most once per interval per key (PEXPIRE is a large
+    share of the script's cost); a refresh may be missed once (a fenced
+    batch), hence two intervals of slack.
+    """
+    refresh = max(1_000, lifetime_ms // 8)
+    return lifetime_ms + 2 * refresh, refresh
 
 
 class SourcePlan:
@@ -54,6 +69,8 @@ class SourcePlan:
         self.keys = keys
         self.layouts: list[TileLayout] = []
         self._sql: list[_ViewSql] = []
+        self._key_parts: dict[tuple[int, int], tuple[str, str]] = {}
+        self._refreshed: dict[str, int] = {}  # key -> refresh bucket it was last pushed forward in
         for view in self.views:
             rows = f"({transformed_sql(RELATION, view.transform)})"
             entity = f'"{view.entity.join_key}"'
@@ -64,7 +81,8 @@ class SourcePlan:
                            f"{', '.join(stat_sql(layout))} FROM {rows} WHERE {entity} IS NOT NULL "
                            f"GROUP BY 1, 2 ORDER BY 1, 2")
                     keep = layout.max_window_ms + hop
-                    self._sql.append(_ViewSql(view, layout, len(self.layouts), sql, keep + TTL_MARGIN_MS, keep))
+                    pexpire, refresh = _ttl(keep + TTL_MARGIN_MS)
+                    self._sql.append(_ViewSql(view, layout, len(self.layouts), sql, pexpire, keep, refresh))
                     self.layouts.append(layout)
             else:
                 fields = "".join(f', "{f}"' for f in view.fields)
@@ -72,7 +90,26 @@ class SourcePlan:
                        f"WHERE {entity} IS NOT NULL QUALIFY row_number() OVER (PARTITION BY {entity} "
                        f"ORDER BY __event_time DESC, __tie DESC, __seq DESC) = 1")
                 ttl = view.ttl_ms
-                self._sql.append(_ViewSql(view, None, -1, sql, 0 if ttl is None else ttl + TTL_MARGIN_MS, 0))
+                pexpire, refresh = (0, 1) if ttl is None else _ttl(ttl + TTL_MARGIN_MS)
+                self._sql.append(_ViewSql(view, None, -1, sql, pexpire, 0, refresh))
+
+    def _key(self, index: int, partition: int, entity: object) -> str:
+        """`KeyLayout.state_key`, with the parts around the entity computed once per view and partition."""
+        parts = self._key_parts.get((index, partition))
+        if parts is None:
+            item = self._sql[index]
+            hop = None if item.layout is None else item.layout.hop_ms
+            before, after = self.keys.state_key(item.view, partition, "\x00", hop).split("\x00")
+            parts = self._key_parts[(index, partition)] = (before, after)
+        return f"{parts[0]}{entity}{parts[1]}"
+
+    def _refresh(self, key: str, bucket: int) -> bool:
+        if self._refreshed.get(key) == bucket:
+            return False
+        if len(self._refreshed) >= _REFRESH_CACHE:
+            self._refreshed.clear()
+        self._refreshed[key] = bucket
+        return True
 
     def check(self, con: duckdb.DuckDBPyConnection, table: pa.Table) -> None:
         """Raise TransformFailed if any view's SQL fails on `table` (used to find bad rows)."""
@@ -85,29 +122,32 @@ class SourcePlan:
         finally:
             con.unregister(RELATION)
 
-    def writes(self, con: duckdb.DuckDBPyConnection, table: pa.Table, partition: int, batch: PartitionBatch) -> None:
+    def writes(self, con: duckdb.DuckDBPyConnection, table: pa.Table, partition: int, batch: PartitionBatch,
+               now_ms: int) -> None:
         """Add the tile and latest writes of `table` (applied rows of one partition) to `batch`."""
         con.register(RELATION, table)
         try:
-            for item in self._sql:
+            for index, item in enumerate(self._sql):
                 try:
                     rows = con.execute(item.sql).fetchall()
                 except duckdb.Error as exc:
                     raise TransformFailed(str(exc).splitlines()[0]) from None
-                view = item.view
+                bucket = now_ms // item.refresh_ms
                 if item.layout is None:
                     for entity, event_time, tie, seq, *values in rows:
+                        key = self._key(index, partition, entity)
                         batch.latest.append(LatestWrite(
-                            key=self.keys.state_key(view, partition, entity, None), pexpire_ms=item.pexpire_ms,
-                            event_time=event_time, tie=tie, seq=seq, packed=pack_latest(event_time, tie, seq, values)))
+                            key=key, pexpire_ms=item.pexpire_ms, event_time=event_time, tie=tie, seq=seq,
+                            packed=pack_latest(event_time, tie, seq, values),
+                            refresh=item.pexpire_ms > 0 and self._refresh(key, bucket)))
                     continue
                 per_entity: dict[object, list[tuple[int, bytes]]] = defaultdict(list)
                 for entity, tile, *stats in rows:
                     per_entity[entity].append((tile, pack_stats(stats)))
-                hop = item.layout.hop_ms
                 for entity, tiles in per_entity.items():
-                    batch.tiles.append(TileWrite(
-                        key=self.keys.state_key(view, partition, entity, hop), layout=item.layout_index,  # type: ignore[arg-type]
-                        pexpire_ms=item.pexpire_ms, keep_ms=item.keep_ms, tiles=tiles))
+                    key = self._key(index, partition, entity)
+                    batch.tiles.append(TileWrite(key=key, layout=item.layout_index, pexpire_ms=item.pexpire_ms,
+                                                 keep_ms=item.keep_ms, tiles=tiles,
+                                                 refresh=self._refresh(key, bucket)))
         finally:
             con.unregister(RELATION)

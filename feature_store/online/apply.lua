@@ -8,8 +8,10 @@
 -- ARGV[4]        partition watermark after the batch (event time ms), stored on success
 -- ARGV[5]        msgpack list of merge-op lists, one per tile layout (TileLayout.ops)
 -- ARGV[6]        msgpack list of items, item i for KEYS[i + 1]:
---                  tiles:  {1, layout, pexpire_ms, keep_ms, tile_start, packed_stats, ...}
---                  latest: {2, 0, pexpire_ms, 0, event_time, tie, seq, packed_value}
+--                  tiles:  {1, layout, pexpire_ms, keep_ms, refresh, tile_start, packed_stats, ...}
+--                  latest: {2, 0, pexpire_ms, refresh, event_time, tie, seq, packed_value}
+--                pexpire_ms 0: no expiry; the TTL is set when refresh is 1 or the script creates the
+--                key/tile (the writer refreshes each key at most once per interval: PEXPIRE is costly)
 -- Returns {'applied', last} or {'fenced', stored}.
 
 local stored = redis.call('HGET', KEYS[1], 'offset')
@@ -71,10 +73,11 @@ end
 
 for index, item in ipairs(cmsgpack.unpack(ARGV[6])) do
   local key = KEYS[index + 1]
+  local pexpire = item[3]
   if item[1] == 1 then
     local ops = layouts[item[2]]
     local created = false
-    for j = 5, #item, 2 do
+    for j = 6, #item, 2 do
       local field, packed = item[j], item[j + 1]
       local cur = redis.call('HGET', key, field)
       if cur then
@@ -88,22 +91,31 @@ for index, item in ipairs(cmsgpack.unpack(ARGV[6])) do
     local keep = item[4]
     if created and keep > 0 then
       local fields = redis.call('HKEYS', key)
-      local newest = nil
-      for _, f in ipairs(fields) do
-        local v = tonumber(f)
-        if newest == nil or v > newest then newest = v end
-      end
-      for _, f in ipairs(fields) do
-        if tonumber(f) < newest - keep then redis.call('HDEL', key, f) end
+      if #fields > 1 then
+        local newest = nil
+        for _, f in ipairs(fields) do
+          local v = tonumber(f)
+          if newest == nil or v > newest then newest = v end
+        end
+        for _, f in ipairs(fields) do
+          if tonumber(f) < newest - keep then redis.call('HDEL', key, f) end
+        end
       end
     end
+    if pexpire > 0 and (created or item[5] == 1) then redis.call('PEXPIRE', key, pexpire) end
   else
     local cur = redis.call('GET', key)
+    local refresh = pexpire > 0 and (item[4] == 1 or not cur)
     if (not cur) or newer(item[5], item[6], item[7], cmsgpack.unpack(cur)) then
-      redis.call('SET', key, item[8])
+      if refresh then
+        redis.call('SET', key, item[8], 'PX', pexpire)
+      else
+        redis.call('SET', key, item[8], 'KEEPTTL')
+      end
+    elseif refresh then
+      redis.call('PEXPIRE', key, pexpire)
     end
   end
-  if item[3] > 0 then redis.call('PEXPIRE', key, item[3]) end
 end
 
 redis.call('HSET', KEYS[1], 'offset', ARGV[3], 'watermark', ARGV[4])

@@ -45,6 +45,7 @@ class TileWrite:
     pexpire_ms: int
     keep_ms: int  # tiles older than the newest one minus this are dropped
     tiles: Sequence[tuple[int, bytes]]
+    refresh: bool = True  # push the TTL forward (always done when the script creates a tile)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,7 @@ class LatestWrite:
     tie: int
     seq: int
     packed: bytes
+    refresh: bool = True  # push the TTL forward (always done when the script creates the key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,14 +110,15 @@ class OnlineWriter:
         items: list[list[Any]] = []
         for tile in batch.tiles:
             keys.append(tile.key)
-            item: list[Any] = [1, tile.layout + 1, tile.pexpire_ms, tile.keep_ms]
+            item: list[Any] = [1, tile.layout + 1, tile.pexpire_ms, tile.keep_ms, int(tile.refresh)]
             for start, packed in tile.tiles:
                 item.append(str(start))
                 item.append(packed)
             items.append(item)
         for latest in batch.latest:
             keys.append(latest.key)
-            items.append([2, 0, latest.pexpire_ms, 0, latest.event_time, latest.tie, latest.seq, latest.packed])
+            items.append([2, 0, latest.pexpire_ms, int(latest.refresh), latest.event_time, latest.tie, latest.seq,
+                          latest.packed])
         ops = msgpack.packb([_check_ops(layout) for layout in batch.layouts], use_bin_type=False)
         args = [batch.expected_offset, batch.first_offset, batch.last_offset, batch.watermark, ops,
                 msgpack.packb(items, use_bin_type=False)]  # cmsgpack reads no bin type: bytes go as raw

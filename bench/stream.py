@@ -1,0 +1,213 @@
+"""Stream-path benchmark: worker throughput (exactly-once path) and freshness, next to raw consumption.
+
+    .venv/bin/python bench/stream.py [--events 200000] [--rate 10000] [--seconds 10]
+
+Uses FEATURESTREAM_KAFKA / FEATURESTREAM_REDIS when set, else starts the local
+stack (redis-server + Tansu). Prints one JSON object:
+
+- throughput: N card-fraud events already in a 4-partition topic, consumed by
+  one Materializer (validate, transform, tile stats in DuckDB, one fenced Lua
+  call per partition batch, event log) from the first batch to the last
+  apply, next to a raw aiokafka `getmany(max_records=5000)` loop over the same
+  topic in the same run (the physical limit), as a ratio;
+- freshness: a producer process publishes at `--rate` events/s with event
+  time = wall clock while the worker runs; freshness = Redis write time minus
+  event time, p50/p99 over every applied event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from feature_store.examples.card_fraud.data import TransactionGenerator  # noqa: E402
+from feature_store.local_stack import LocalStack  # noqa: E402
+from feature_store.online.keys import entity_key_bytes  # noqa: E402
+from feature_store.publish import EventPublisher, ensure_topics  # noqa: E402
+from streams.materializer import Materializer, MaterializerConfig  # noqa: E402
+from tests.streams.support import card_fraud_repo  # noqa: E402
+
+
+async def _fill(bootstrap: str, repo: Any, events: list[dict[str, Any]]) -> float:
+    start = time.perf_counter()
+    async with EventPublisher(bootstrap, repo, linger_ms=20) as publisher:
+        step = 10_000
+        for i in range(0, len(events), step):
+            result = await publisher.publish_many("transactions", events[i:i + step])
+            assert result.ok, result.errors[:2]
+    return len(events) / (time.perf_counter() - start)
+
+
+async def _raw_consume(bootstrap: str, topic: str, partitions: int, total: int) -> float:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                                max_partition_fetch_bytes=4 * 1024 * 1024)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        seen = 0
+        start = None
+        while seen < total:
+            batches = await consumer.getmany(timeout_ms=200, max_records=5_000)
+            if batches and start is None:
+                start = time.perf_counter()
+            seen += sum(len(r) for r in batches.values())
+        assert start is not None
+        return total / (time.perf_counter() - start)
+    finally:
+        await consumer.stop()
+
+
+def _config(bootstrap: str, redis_url: str, data_dir: Path, tag: str) -> MaterializerConfig:
+    return MaterializerConfig(bootstrap=bootstrap, redis_url=redis_url, data_dir=data_dir / tag,
+                              group_id=f"bench-{tag}", prefix=f"bench{tag}")
+
+
+async def _throughput(bootstrap: str, redis_url: str, data_dir: Path, repo: Any, total: int) -> dict[str, Any]:
+    marks: list[float] = []
+    applied = [0]
+
+    def on_applied(times: Any, written: int) -> None:
+        if not marks:
+            marks.append(time.perf_counter())
+        applied[0] += len(times)
+
+    materializer = Materializer(_config(bootstrap, redis_url, data_dir, uuid.uuid4().hex[:6]), repo,
+                                on_applied=on_applied)
+    await materializer.start()
+    task = asyncio.create_task(materializer.run())
+    first_batch = time.perf_counter()
+    while _consumed(materializer) < total:
+        await asyncio.sleep(0.01)
+        if task.done():
+            task.result()
+    end = time.perf_counter()
+    materializer.request_stop()
+    await task
+    await materializer.stop()
+    start = marks[0] if marks else first_batch
+    return {"events_per_s": round(total / (end - start)), "seconds": round(end - start, 3), "applied": applied[0]}
+
+
+def _consumed(materializer: Materializer) -> int:
+    total = 0.0
+    for metric in materializer.metrics.events.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                total += sample.value
+    return int(total)
+
+
+def _produce_at_rate(bootstrap: str, topic: str, rate: float, seconds: float, sent: Any) -> None:
+    """Publish valid events with event time = now, at `rate` events/s, in batches every 10 ms."""
+
+    async def run() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2, acks=1)
+        await producer.start()
+        gen = TransactionGenerator(users=5_000, seed=3, spacing_ms=0, disorder_ms=0)
+        events = (e for e, _ in gen.events(int(rate * seconds) + 10))
+        start = time.perf_counter()
+        count = 0
+        tick = 0.01
+        while time.perf_counter() - start < seconds:
+            due = int((time.perf_counter() - start + tick) * rate)
+            now = time.time_ns() // 1_000_000
+            while count < due:
+                event = next(events)
+                event["ts"] = now
+                await producer.send(topic, orjson.dumps(event), key=entity_key_bytes(str(event["user_id"])))
+                count += 1
+            await asyncio.sleep(tick)
+        await producer.flush()
+        await producer.stop()
+        sent.value = count
+
+    asyncio.run(run())
+
+
+async def _freshness(bootstrap: str, redis_url: str, data_dir: Path, rate: float, seconds: float) -> dict[str, Any]:
+    repo = card_fraud_repo(f"bench-fresh-{uuid.uuid4().hex[:6]}")
+    topic = repo.sources["transactions"].topic
+    await ensure_topics(bootstrap, repo)
+    samples: list[int] = []
+    materializer = Materializer(_config(bootstrap, redis_url, data_dir, uuid.uuid4().hex[:6]), repo,
+                                on_applied=lambda times, written: samples.extend(written - t for t in times))
+    await materializer.start()
+    task = asyncio.create_task(materializer.run())
+    while not materializer._parts:  # wait for the group join before producing
+        await asyncio.sleep(0.1)
+    sent = multiprocessing.Value("q", 0)
+    producer = multiprocessing.Process(target=_produce_at_rate, args=(bootstrap, topic, rate, seconds, sent))
+    started = time.perf_counter()
+    producer.start()
+    while producer.is_alive():
+        await asyncio.sleep(0.1)
+    produced_s = time.perf_counter() - started
+    deadline = time.monotonic() + 30
+    while len(samples) < sent.value and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    materializer.request_stop()
+    await task
+    await materializer.stop()
+    ordered = sorted(samples)
+
+    def q(p: float) -> float:
+        return float(ordered[min(len(ordered) - 1, int(p * len(ordered)))]) if ordered else float("nan")
+
+    return {"input_rate_target": rate, "input_rate_achieved": round(sent.value / produced_s),
+            "events": sent.value, "applied": len(samples), "p50_ms": q(0.50), "p99_ms": q(0.99), "max_ms": q(1.0),
+            "mean_ms": round(statistics.fmean(ordered), 2) if ordered else None}
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    bootstrap = os.environ.get("FEATURESTREAM_KAFKA")
+    redis_url = os.environ.get("FEATURESTREAM_REDIS")
+    with LocalStack(redis_url=redis_url, kafka_bootstrap=bootstrap) as stack, \
+            tempfile.TemporaryDirectory(prefix="fs-bench-") as tmp:
+        bootstrap, redis_url = stack.kafka_bootstrap, stack.redis_url
+        data_dir = Path(tmp)
+        repo = card_fraud_repo(f"bench-{uuid.uuid4().hex[:6]}")
+        source = repo.sources["transactions"]
+        gen = TransactionGenerator(users=10_000, merchants=1_000, seed=1)
+        events = [e for e, _ in gen.events(args.events)]
+        fill_rate = await _fill(bootstrap, repo, events)
+        raw = await _raw_consume(bootstrap, source.topic, source.partitions, args.events)
+        worker = await _throughput(bootstrap, redis_url, data_dir, repo, args.events)
+        fresh = await _freshness(bootstrap, redis_url, data_dir, args.rate, args.seconds)
+        return {
+            "bench": "stream",
+            "cpu_count": os.cpu_count(),
+            "events": args.events,
+            "partitions": source.partitions,
+            "views": sorted(repo.views),
+            "publish_events_per_s": round(fill_rate),
+            "raw_aiokafka_consume_events_per_s": round(raw),
+            "worker_events_per_s": worker["events_per_s"],
+            "worker_vs_raw": round(worker["events_per_s"] / raw, 3),
+            "worker_seconds": worker["seconds"],
+            "freshness": fresh,
+            "targets": {"worker_events_per_s": 50_000, "freshness_p99_ms": 100},
+        }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--rate", type=float, default=10_000.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    print(orjson.dumps(asyncio.run(main(parser.parse_args())), option=orjson.OPT_INDENT_2).decode())
