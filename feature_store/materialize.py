@@ -180,7 +180,7 @@ async def _tiles(con: duckdb.DuckDBPyConnection, events: str, view: FeatureView,
     key_of = _key_maker(keys, view, hop)
     partition_of = _partitions(view)
     expire = layout.max_window_ms + hop + EXPIRE_MARGIN_MS
-    threads = con.execute("SELECT current_setting('threads')").fetchone()
+    threads = con.execute("SELECT current_setting('threads')").fetchall()[0]
     con.execute("SET threads = 1")  # float sums in one fixed order: a re-run writes identical bytes
     labels = [s.label for s in layout.stats]
     tiles = keys_written = 0
