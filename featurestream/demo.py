@@ -203,7 +203,8 @@ class Demo:
         async def go() -> Any:
             client = aioredis.Redis.from_url(settings.redis or "")
             try:
-                return await materialize(client, KeyLayout("fs"), settings.data_dir, views, now - 400 * DAY_MS, now)
+                return await materialize(client, KeyLayout(settings.online_prefix), settings.data_dir, views,
+                                         now - 400 * DAY_MS, now)
             finally:
                 await client.aclose()
 

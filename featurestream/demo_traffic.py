@@ -113,7 +113,7 @@ class Traffic:
 
         from feature_store.online import KeyLayout
 
-        keys = KeyLayout("fs")
+        keys = KeyLayout(self.settings.online_prefix)
         client = aioredis.Redis.from_url(self.settings.redis or "")
         try:
             while True:

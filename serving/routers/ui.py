@@ -59,7 +59,7 @@ def dashboard(request: Request) -> dict[str, Any]:
     missing: list[str] = []
     repo, versions = _definitions(state, settings, missing)
     return build_summary(repo, settings.data_dir, versions=versions, models=lambda: _models(settings),
-                         drift=lambda: _drift(state), missing=missing)
+                         drift=lambda: _drift(state, settings, repo), missing=missing)
 
 
 def _definitions(state: Any, settings: Settings, missing: list[str]) -> tuple[FeatureRepo | None, dict[str, int]]:
@@ -104,19 +104,28 @@ def _models(settings: Settings) -> list[dict[str, Any]]:
     return out
 
 
-def _drift(state: Any) -> list[dict[str, Any]]:
-    """Per-feature drift from the app's monitors (`ServiceMonitor.report()`), when the app keeps any."""
-    monitors = getattr(state, "monitors", None) or {}
-    single = getattr(state, "monitor", None)
-    if single is not None:
-        monitors = {"": single, **monitors}
+def _drift(state: Any, settings: Settings, repo: FeatureRepo | None) -> list[dict[str, Any]]:
+    """Per-feature drift: the worker's monitor report of each service in Redis (PSI, KS, null rate)."""
+    if repo is None or not settings.redis:
+        return []
+    import orjson
+    import redis
+
+    from feature_store.training.live import LiveKeys
+
+    serving = getattr(state, "serving", None)
+    keys = LiveKeys(getattr(getattr(serving, "config", None), "key_prefix", None) or settings.online_prefix)
     out = []
-    for monitor in monitors.values():
-        report = monitor.report(evaluate=True)
-        for feature, d in sorted(report.get("features", {}).items()):
-            out.append({"feature": feature, "status": d.get("status"), "score": d.get("psi"),
-                        "detail": {k: d[k] for k in ("ks_statistic", "served_count", "served_null_rate")
-                                   if d.get(k) is not None}})
+    with redis.Redis.from_url(settings.redis, socket_timeout=1.0, socket_connect_timeout=1.0) as client:
+        for service in sorted(repo.services):
+            raw = client.get(keys.monitor(service))
+            if not raw:
+                continue
+            report = orjson.loads(raw)  # type: ignore[arg-type]
+            for feature, d in sorted((report.get("features") or {}).items()):
+                out.append({"feature": feature, "service": service, "status": d.get("status"), "score": d.get("psi"),
+                            "detail": {k: d[k] for k in ("ks_statistic", "served_count", "served_null_rate")
+                                       if d.get(k) is not None}})
     return out
 
 

@@ -108,8 +108,9 @@ def source_stats(source: StreamSource | BatchSource, data_dir: Path, now_ms: int
             glob = batch_source_glob(data_dir, source.path)
             if not _any_file(glob):
                 return out
-            row = con.execute(
-                f'SELECT count(*), max("{source.event_time}") FROM read_parquet(?)', [glob]
+            column = f'"{source.event_time}"'
+            row = con.execute(  # rows dated in the future are not live yet
+                f"SELECT count(*), max({column}) FILTER (WHERE {column} <= ?) FROM read_parquet(?)", [now_ms, glob]
             ).fetchone()
             if row is not None:
                 out["applied"] = int(row[0])

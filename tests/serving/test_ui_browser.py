@@ -1,0 +1,117 @@
+"""The dashboard in a real browser: headless Chromium (Debian's `chromium`) driven by Playwright.
+
+The API runs with uvicorn on a free port against the real Redis and broker,
+with the card-fraud repo applied, an event log, and a production model. The
+page must show the feature views, a freshness value and the model version,
+and draw its charts; the screenshot lands in the test's tmp dir (or in
+`$FEATURESTREAM_TEST_SCREENSHOTS` when set).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from feature_store.settings import Settings
+from tests.serving.test_ui import build_stack
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture
+def api_url(settings: Settings) -> Iterator[str]:
+    """The serving app (with the dashboard) on 127.0.0.1, in a thread of this process."""
+    from serving.app import create_app
+
+    build_stack(settings)
+    _write_monitor_report(settings)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="on"))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/v1/dashboard", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the API did not start within 30 s")
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+def _write_monitor_report(settings: Settings) -> None:
+    """The drift report the worker's monitor hub keeps in Redis for a service."""
+    import orjson
+    import redis
+
+    from feature_store.training.live import LiveKeys
+
+    def drift(feature: str, psi: float, status: str) -> dict[str, object]:
+        return {"feature": feature, "kind": "numeric", "psi": psi, "ks_statistic": psi / 2, "ks_p_value": 0.01,
+                "served_count": 500, "served_null_rate": 0.0, "status": status}
+
+    report = {"service": "fraud_detection", "status": "drift", "features": {
+        "user_spend__amount_sum_1h": drift("user_spend__amount_sum_1h", 0.04, "ok"),
+        "user_spend__txn_count_5m": drift("user_spend__txn_count_5m", 0.31, "drift")}}
+    with redis.Redis.from_url(str(settings.redis)) as client:
+        client.set(LiveKeys("fs").monitor("fraud_detection"), orjson.dumps(report))
+
+
+def test_dashboard_shows_views_freshness_and_model_versions(api_url: str, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "install Debian's chromium (scripts/bootstrap.sh does)"
+    errors: list[str] = []
+    shot = tmp_path / "dashboard.png"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 1000})
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+            page.goto(f"{api_url}/ui")
+            page.wait_for_selector("body[data-loaded=true]", timeout=15_000)
+            views = page.inner_text("#views")
+            for name in ("user_spend", "merchant_activity", "user_last_txn", "user_profile"):
+                assert name in views
+            freshness = page.inner_text("#views tr[data-view=user_spend] td.freshness")
+            assert re.fullmatch(r"\d+(\.\d)? (s|min)", freshness), freshness
+            assert page.inner_text("#models tr[data-model=fraud] td.model-version") == "v1"
+            assert "production" in page.inner_text("#models")
+            assert page.locator("#freshness-chart canvas").count() >= 1, "the freshness chart is drawn"
+            drift = page.inner_text("#drift")
+            assert "user_spend__txn_count_5m" in drift
+            assert "drift" in drift
+            assert page.locator("#drift-chart rect").count() == 2
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert errors == []
+    assert shot.stat().st_size > 10_000
+    keep = os.environ.get("FEATURESTREAM_TEST_SCREENSHOTS")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(keep) / shot.name)
