@@ -24,6 +24,7 @@ from featurestream.commands import (
     publish,
     score,
     serve,
+    train,
     training_set,
     up,
     worker,
@@ -59,6 +60,8 @@ app.add_typer(dlq.app, name="dlq")
 app.command("serve")(serve.serve)
 app.command("score")(score.score)
 app.add_typer(models.app, name="models")
+app.command("train")(train.train)
+app.add_typer(train.runs_app, name="runs")
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ drift monitoring.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,13 +58,18 @@ def _as_table(data: Any) -> pa.Table:
 
 
 def _fit(model: Any, flavor: Flavor, rows: list[dict[str, Any]], labels: list[float], features: Sequence[str],
-         task: Task) -> None:
+         task: Task, progress: Callable[[float], None] | None) -> None:
     if flavor == "river":
-        for row, y in zip(rows, labels, strict=True):
+        step = max(1, len(rows) // 100)
+        for i, (row, y) in enumerate(zip(rows, labels, strict=True)):
             x = {k: v for k, v in row.items() if v is not None}
             model.learn_one(x, (y >= 0.5) if task == "binary" else y)
+            if progress is not None and i % step == 0:
+                progress(i / len(rows))
     else:
         model.fit([[row.get(f) for f in features] for row in rows], labels)
+    if progress is not None:
+        progress(1.0)
 
 
 def train_model(
@@ -88,6 +93,7 @@ def train_model(
     fallback: str | None = None,
     data_dir: Path | None = None,
     actor: str = "system",
+    progress: Callable[[float], None] | None = None,
 ) -> TrainingResult:
     """Fit `model`, gate it against `baseline` (a rule expression or a registered version), register if accepted.
 
@@ -95,6 +101,7 @@ def train_model(
     the entity keys (string columns are dropped unless named). With
     `data_dir`, the features' reference profiles are saved under
     `<data_dir>/monitoring/profiles/<feature_service or name>.json`.
+    `progress` gets the fraction of the fit done (river models, row by row).
     """
     started = time.time()
     table = _as_table(training_set)
@@ -117,16 +124,17 @@ def train_model(
     rows = table.select(features).to_pylist()
     labels = [float(v) if v is not None else 0.0 for v in table.column(label).to_pylist()]
     times = table.column(timestamp_column).to_pylist()
-    _fit(model, flavor, rows[:cut], labels[:cut], features, task)
+    _fit(model, flavor, rows[:cut], labels[:cut], features, task, progress)
 
     holdout_rows, holdout_labels = rows[cut:], labels[cut:]
     data = artifact_bytes(model, flavor)
     scores = load_model(flavor, data, features=features).predict(holdout_rows)
+    baseline_rows = table.drop_columns([label]).slice(cut).to_pylist()  # a rule may use any input, never the label
     if isinstance(baseline, str):
-        baseline_scores = load_model("rule", baseline.encode()).predict(holdout_rows)
+        baseline_scores = load_model("rule", baseline.encode()).predict(baseline_rows)
         baseline_ref = baseline
     else:
-        baseline_scores = registry.load(baseline).predict(holdout_rows)
+        baseline_scores = registry.load(baseline).predict(baseline_rows)
         baseline_ref = f"{baseline.name}@{baseline.version}"
     metrics = evaluate(holdout_labels, scores, task)
     baseline_metrics = evaluate(holdout_labels, baseline_scores, task)
