@@ -29,7 +29,8 @@ def demo(
     trains and registers a model on a point-in-time training set, serves live
     predictions through the HTTP API, streams labels back and checks that the
     served features match the batch path. Ctrl-C stops everything cleanly.
-    Exits 1 when a step fails or the consistency is below 100%.
+    Exits 1 when a step fails, a component is missing or the consistency is
+    below 100%; 130 after Ctrl-C.
     """
     import os
 
@@ -46,8 +47,13 @@ def demo(
                              data_dir=data_dir), console)
     report = runner.run()
     print_report(console, report)
+    if any(s.name == "interrupted" for s in report.steps):
+        raise typer.Exit(130)
     failed = [s for s in report.steps if s.status == "failed"]
     if failed:
         raise DemoFailed(f"demo step {failed[0].name!r} failed: {failed[0].detail}")
+    incomplete = [s for s in report.steps if s.status != "ok"]
+    if incomplete:
+        raise DemoFailed(f"demo incomplete: {incomplete[0].name} {incomplete[0].status} ({incomplete[0].detail})")
     if report.figures.get("consistency", 1.0) < 1.0:
         raise DemoFailed(f"consistency {report.figures['consistency']:.2%} is below 100%; see the mismatches above")
