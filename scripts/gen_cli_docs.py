@@ -23,7 +23,7 @@ HEADER = """# CLI reference
 Generated from `featurestream ... --help` by `scripts/gen_cli_docs.py`; do not edit by hand
 (`tests/featurestream/test_demo_docs.py` fails when this file is out of date).
 Every option that an environment variable can set shows it as `[env var: ...]`; all
-settings are listed in [concepts](concepts.md#settings).
+settings are listed in the [README](../README.md#configuration).
 """
 
 
