@@ -45,8 +45,10 @@ class Traffic:
         self.console = console
         self.history: list[tuple[dict[str, Any], bool]] = []
         self.sent = 0  # records sent to the source topic (good and malformed): offsets 0..sent-1 overall
-        self.source = repo.sources[SOURCE]
-        assert isinstance(self.source, StreamSource)
+        source = repo.sources[SOURCE]
+        if not isinstance(source, StreamSource):
+            raise LookupError(f"the demo publishes to stream source {SOURCE!r}; the repo has a batch source there")
+        self.source: StreamSource = source
 
     def close(self) -> None:
         """Nothing to release: every step opens and closes its own clients."""
@@ -95,7 +97,7 @@ class Traffic:
                 result = await publisher.publish_many(SOURCE, events[start:start + _CHUNK])
                 if result.errors:
                     raise RuntimeError(f"publishing failed for {len(result.errors)} events: {result.errors[0].reason}")
-            await publisher.send_raw(self.source.topic, [(k, v, []) for k, v in malformed])  # type: ignore[attr-defined]
+            await publisher.send_raw(self.source.topic, [(k, v, []) for k, v in malformed])
         self.sent += len(events) + len(malformed)
 
     async def wait_applied(self, deadline: float, alive: Callable[[], None]) -> None:
@@ -118,7 +120,7 @@ class Traffic:
         try:
             while True:
                 alive()
-                offsets = [await client.hget(keys.offset_key(self.source, p), "offset")  # type: ignore[misc]
+                offsets = [await client.hget(keys.offset_key(self.source, p), "offset")
                            for p in range(self.source.partitions)]
                 if sum(int(o) + 1 for o in offsets if o is not None) >= self.sent:
                     return
@@ -236,7 +238,7 @@ class Traffic:
         predicted = fallbacks = 0
         async with EventPublisher(self.settings, self.repo) as publisher, \
                 httpx.AsyncClient(base_url=api_url, timeout=10.0) as client:
-            fresh = list(self.generator.events(n))
+            fresh: list[tuple[dict[str, Any], bool]] = list(self.generator.events(n))
             for start in range(0, n, _PREDICT_BATCH):
                 alive()
                 if time.monotonic() > deadline:
@@ -269,7 +271,7 @@ class Traffic:
                 await publisher.publish_many(SOURCE, [e for e, _ in batch])
                 self.sent += len(batch)
                 await self.wait_applied(deadline, alive)
-            await publisher.send_raw(_labels_topic(), [(k, v, []) for k, v in labels])  # type: ignore[attr-defined]
+            await publisher.send_raw(_labels_topic(), [(k, v, []) for k, v in labels])
         return {"predicted": predicted, "fallbacks": fallbacks, "labels": len(labels),
                 "predict_ms_per_entity": statistics.median(latencies) if latencies else None, "sample": sample}
 

@@ -121,7 +121,7 @@ def _drift(state: Any, settings: Settings, repo: FeatureRepo | None) -> list[dic
             raw = client.get(keys.monitor(service))
             if not raw:
                 continue
-            report = orjson.loads(raw)  # type: ignore[arg-type]
+            report = orjson.loads(raw)
             for feature, d in sorted((report.get("features") or {}).items()):
                 out.append({"feature": feature, "service": service, "status": d.get("status"), "score": d.get("psi"),
                             "detail": {k: d[k] for k in ("ks_statistic", "served_count", "served_null_rate")
