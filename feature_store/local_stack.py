@@ -193,6 +193,11 @@ class LocalStack:
         """Services we started whose process has exited on its own."""
         return [n for n, c in self._children.items() if c.proc is not None and not c.running]
 
+    def last_output(self, name: ServiceName) -> str:
+        """The last line a started service printed (its logs live only while the stack runs)."""
+        child = self._children.get(name)
+        return _last_line(child.log_path) if child is not None else ""
+
     def env(self) -> dict[str, str]:
         """The `FEATURESTREAM_*` variables that point other processes at this stack."""
         return {f"FEATURESTREAM_{s.upper()}": self._url(s) for s in self._services}

@@ -139,6 +139,17 @@ def test_kill_9_of_up_leaves_no_service_behind(tmp_path: Path) -> None:
         assert not port_answers(redis_port)
 
 
+def test_up_exits_1_when_a_service_dies_under_it(tmp_path: Path) -> None:
+    with running_up(cwd=tmp_path) as up:
+        children = descendants(up.proc.pid)
+        redis_pid = next(p for p in children if "redis-server" in Path(f"/proc/{p}/cmdline").read_text())
+        os.kill(redis_pid, signal.SIGKILL)
+        assert up.proc.wait(timeout=30) == 1
+        assert up.proc.stderr is not None
+        assert up.proc.stderr.read().strip().splitlines()[-1].startswith("error: redis exited on its own: ")
+        assert wait_gone(children, timeout_s=0) == []
+
+
 def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 1, result
     lines = result.stderr.strip().splitlines()

@@ -49,7 +49,7 @@ def up(
         _print_stack(stack)
         while not (dead := stack.dead()):
             time.sleep(_WATCH_S)
-        raise ServiceStartError(f"{dead[0]} exited on its own; see the messages above")
+        raise ServiceStartError(f"{dead[0]} exited on its own: {stack.last_output(dead[0]) or 'no output'}")
     except KeyboardInterrupt:
         typer.echo("stopping", err=True)
     finally:
