@@ -46,7 +46,9 @@ def _spawn(settings: Settings, repo_file: Path, data_dir: Path, prefix: str, gro
     env.update({"FEATURESTREAM_KAFKA": str(settings.kafka), "FEATURESTREAM_REDIS": str(settings.redis),
                 "FEATURESTREAM_DATA_DIR": str(data_dir), "FEATURESTREAM_ONLINE_PREFIX": prefix,
                 "FEATURESTREAM_WORKER_GROUP": group, "FEATURESTREAM_REGISTRY": str(data_dir / "no-registry.db"),
-                "FEATURESTREAM_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT)})
+                "FEATURESTREAM_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT),
+                # a dead member leaves the group after the session timeout: keep restarts short
+                "FEATURESTREAM_KAFKA_SESSION_TIMEOUT_S": "3", "FEATURESTREAM_KAFKA_HEARTBEAT_S": "0.5"})
     log = open(data_dir.parent / f"worker-{group}-{os.urandom(3).hex()}.log", "wb")  # noqa: SIM115  # closed by the child's exit
     return subprocess.Popen([CLI, "worker", "--repo", str(repo_file), "--max-records", "150",
                              "--log-roll-seconds", "0.3"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,

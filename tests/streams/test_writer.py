@@ -1,0 +1,131 @@
+"""The fenced Lua apply against real Redis: merges equal the one aggregation definition, fences hold."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+import duckdb
+import redis.asyncio as aioredis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from feature_store.online import KeyLayout, OnlineReader
+from feature_store.online.writer import NO_OFFSET, OnlineWriter, PartitionBatch
+from feature_store.repo import FeatureRepo
+from streams.batch import APPLIED, Classified, applied_table
+from streams.views import SourcePlan
+from tests import oracle
+from tests.streams.support import events_repo
+
+START = 1_767_225_600_000
+REPO = events_repo("writer-unused", partitions=1)
+SOURCE = REPO.sources["events"]
+
+_event = st.fixed_dictionaries({
+    "user": st.sampled_from(["u1", "u2"]),
+    "shop": st.sampled_from(["s1", "s2"]),
+    "amount": st.one_of(st.none(), st.floats(min_value=-1e6, max_value=1e6, allow_nan=False),
+                        st.integers(min_value=-5, max_value=5).map(float)),
+    "label": st.one_of(st.none(), st.sampled_from(["a", "b", "c"])),
+    "ts": st.integers(min_value=START, max_value=START + 20 * 60_000),  # dense: batches share tiles
+})
+
+
+def _classified(events: list[dict[str, Any]], first_offset: int) -> Classified:
+    n = len(events)
+    normalized = [SOURCE.schema.validate({"id": f"e{first_offset + i}", **e}) for i, e in enumerate(events)]
+    return Classified(offsets=list(range(first_offset, first_offset + n)), events=normalized,  # type: ignore[arg-type]
+                      event_times=[e["ts"] for e in normalized], status=[APPLIED] * n, reasons=[None] * n,
+                      watermark=max(e["ts"] for e in normalized))
+
+
+async def _apply_batches(redis: aioredis.Redis, repo: FeatureRepo, prefix: str,
+                         batches: list[list[dict[str, Any]]], tie: int = 7) -> list[bool]:
+    plan = SourcePlan(SOURCE, repo.views_of(SOURCE), KeyLayout(prefix))
+    writer = OnlineWriter(redis)
+    con = duckdb.connect()
+    offset, results = NO_OFFSET, []
+    for events in batches:
+        c = _classified(events, offset + 1)
+        batch = PartitionBatch(offset_key=KeyLayout(prefix).offset_key(SOURCE, 0), expected_offset=offset,
+                               first_offset=offset + 1, last_offset=offset + len(events), watermark=c.watermark,
+                               layouts=plan.layouts)
+        plan.writes(con, applied_table(SOURCE, c, list(range(len(events))), 0, tie), 0, batch, 1_000)
+        result = await writer.apply(batch)
+        results.append(result.applied)
+        offset = result.stored_offset
+    return results
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=st.lists(_event, min_size=1, max_size=40), cuts=st.lists(st.integers(0, 40), max_size=4),
+       reads=st.lists(st.integers(0, 3 * 3_600_000), min_size=1, max_size=3))
+def test_merged_tiles_equal_the_oracle(redis_db_url: str, events: list[dict[str, Any]], cuts: list[int],
+                                       reads: list[int]) -> None:
+    """Any split of the events into batches gives the values the oracle computes over all of them."""
+    bounds = sorted({0, len(events), *(c for c in cuts if c < len(events))})
+    batches = [events[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+
+    async def check() -> None:
+        redis = aioredis.Redis.from_url(redis_db_url)
+        try:
+            await redis.flushdb()
+            assert all(await _apply_batches(redis, REPO, "w", batches))
+            logged = [oracle.log_event(e["user"], e["ts"], {**e, "big": int((e["amount"] or 0) > 50)},
+                                       ingest_time=7, partition=0, offset=i) for i, e in enumerate(events)]
+            newest = max(e["ts"] for e in events)
+            reader = OnlineReader(redis, KeyLayout("w"))
+            for view in REPO.views.values():
+                key = view.entity.join_key
+                view_events = [oracle.Event(entity=e.values[key], event_time=e.event_time, values=e.values,
+                                            ingest_time=7, tie=7, seq=e.seq) for e in logged]
+                entities = sorted({e.entity for e in view_events})
+                for gap in reads:
+                    t = newest + gap
+                    got = await reader.read({view: view.feature_names}, [{key: x} for x in entities], t)
+                    for entity, values in zip(entities, got, strict=True):
+                        want = oracle.feature_values(view, view_events, entity, t)
+                        for name, expected in want.items():
+                            value = values[f"{view.name}:{name}"].value
+                            assert oracle.close(value, expected, rel=1e-9, abs_=1e-6), (view.name, entity, t, name,
+                                                                                        value, expected)
+        finally:
+            await redis.aclose()
+
+    asyncio.run(check())
+
+
+async def test_a_batch_applies_once_and_a_stale_writer_is_fenced(redis_client: aioredis.Redis) -> None:
+    events = [{"user": "u1", "shop": "s1", "amount": 3.0, "label": "a", "ts": START + i} for i in range(5)]
+    assert await _apply_batches(redis_client, REPO, "f", [events[:3], events[3:]]) == [True, True]
+    before = {k: await redis_client.dump(k) for k in sorted([k async for k in redis_client.scan_iter("f:*")])}
+
+    plan = SourcePlan(SOURCE, REPO.views_of(SOURCE), KeyLayout("f"))
+    writer = OnlineWriter(redis_client)
+    offset_key = KeyLayout("f").offset_key(SOURCE, 0)
+    for expected, first in ((NO_OFFSET, 0), (2, 3), (4, 4), (10, 11)):  # replay, zombie, overlap, a gap ahead
+        c = _classified(events[:2], first)
+        batch = PartitionBatch(offset_key=offset_key, expected_offset=expected, first_offset=first,
+                               last_offset=first + 1, watermark=c.watermark, layouts=plan.layouts)
+        plan.writes(duckdb.connect(), applied_table(SOURCE, c, [0, 1], 0, 9), 0, batch, 1_000)
+        result = await writer.apply(batch)
+        assert not result.applied
+        assert result.stored_offset == 4
+    after = {k: await redis_client.dump(k) for k in sorted([k async for k in redis_client.scan_iter("f:*")])}
+    assert after == before
+    assert await redis_client.hgetall(offset_key) == {b"offset": b"4", b"watermark": str(START + 4).encode()}
+
+
+async def test_keys_get_ttls_and_old_tiles_are_dropped(redis_client: aioredis.Redis) -> None:
+    day = 24 * 3_600_000
+    early = {"user": "u1", "shop": "s1", "amount": 1.0, "label": "a", "ts": START}
+    late = {**early, "ts": START + day}  # far beyond the longest window (2 h + hop)
+    assert await _apply_batches(redis_client, REPO, "x", [[early], [late]]) == [True, True]
+    keys = [k async for k in redis_client.scan_iter("x:*") if not k.endswith(b":offset")]
+    assert keys
+    for key in keys:
+        assert await redis_client.pttl(key) > 0, key
+        if await redis_client.type(key) == b"hash":
+            assert await redis_client.hkeys(key) == [str(START + day).encode()], key
