@@ -244,6 +244,10 @@ def load_served(glob: str, *, sample: int, seed: int = 0, model: str | None = No
         params.append(model)
     con = duckdb.connect(":memory:")
     try:
+        columns = {row[0] for row in con.execute(
+            "DESCRIBE SELECT * FROM read_parquet(?, union_by_name := true)", [glob]).fetchall()}
+        if "__status" in columns:  # logged by the worker: skip records it refused
+            where.append("coalesce(__status, 'applied') <> 'invalid'")
         con.execute(f"SELECT setseed({_seed_fraction(seed)})")
         rows = con.execute(
             f"SELECT request_id, served_at, entity_keys, features FROM read_parquet(?, union_by_name := true) "

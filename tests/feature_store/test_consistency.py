@@ -257,3 +257,16 @@ def test_cli_exits_1_below_the_threshold_and_0_at_it(store: tuple[Path, list[Ser
     assert "user_last_txn:amount" in failed.output
     lenient = runner.invoke(app, ["consistency", "--threshold", "0.9"])
     assert lenient.exit_code == 0, lenient.output
+
+
+def test_records_the_worker_refused_are_not_sampled(tmp_path: Path) -> None:
+    """A prediction log written by the worker carries `__status`; invalid records are skipped."""
+    path = tmp_path / "log" / "prediction_log" / "date=2026-01-01" / "p0-0-2.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(pa.table({
+        "request_id": ["a", "b", None], "served_at": [T0, T0 + 1, None],
+        "entity_keys": ['{"user": "u1"}', '{"user": "u2"}', None], "features": ['{"x": 1}', '{"x": 2}', None],
+        "fallback": [False, False, None], "__status": ["applied", "late", "invalid"],
+    }), path)
+    rows = load_served(find_prediction_log(tmp_path), sample=10)
+    assert [r.request_id for r in rows] == ["a", "b"]
