@@ -62,7 +62,7 @@ def definitions(data_dir: Path) -> dict[str, Any]:
 def generate(data_dir: Path, events: int, rows: int, entities: int) -> None:
     import duckdb
 
-    marker = data_dir / f".generated-{events}-{rows}-{entities}"
+    marker = data_dir / f".generated-v2-{events}-{rows}-{entities}"
     if marker.exists():
         return
     out = data_dir / "sources" / "bench_events"
@@ -74,18 +74,19 @@ def generate(data_dir: Path, events: int, rows: int, entities: int) -> None:
     per = events // files
     for k in range(files):
         con.execute(f"""
-            COPY (SELECT user_id, ts, ts + CASE WHEN h2 % 4 = 0 THEN 0 ELSE h2 % {6 * HOUR} END AS created,
+            COPY (SELECT user_id, ts, (ts + CASE WHEN h2 % 4 = 0 THEN 0 ELSE h2 % {6 * HOUR} END)::BIGINT AS created,
                          (h1 % 100000) / 100.0 AS f0, (h2 % 7919) / 7.0 AS f1, (h1 % 1000)::BIGINT AS f2,
                          i AS f3, 'cat' || (h2 % 50) AS f4, CASE WHEN h1 % 10 = 0 THEN NULL ELSE 'x' || (h1 % 7) END
                          AS f5, CASE WHEN h2 % 9 = 0 THEN NULL ELSE (h1 % 997) * 1.5 END AS f6, (h2 % 3)::BIGINT AS f7
                   FROM (SELECT i, hash(i) AS h1, hash(i * 31 + 7) AS h2,
                                'u' || (hash(i * 17 + 3) % {entities}) AS user_id,
-                               {BASE} + (hash(i * 13 + 5) % 1440) * {HOUR}::BIGINT AS ts
+                               ({BASE} + (hash(i * 13 + 5) % 1440) * {HOUR})::BIGINT AS ts
                         FROM range({k * per}, {(k + 1) * per}) t(i)))
             TO '{out}/part-{k}.parquet' (FORMAT parquet, COMPRESSION zstd)""")
     con.execute(f"""
         COPY (SELECT 'u' || (hash(i * 7 + 11) % {int(entities * 1.2)}) AS user_id,
-                     {BASE} + (hash(i * 3 + 1) % {70 * DAY}) AS event_timestamp, (hash(i) % 2)::INTEGER AS label
+                     ({BASE} + (hash(i * 3 + 1) % {70 * DAY}))::BIGINT AS event_timestamp,
+                     (hash(i) % 2)::INTEGER AS label
               FROM range({rows}) t(i))
         TO '{data_dir}/entity_rows.parquet' (FORMAT parquet, COMPRESSION zstd)""")
     marker.touch()

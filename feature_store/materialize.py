@@ -18,8 +18,10 @@ Writes overwrite (HSET fields, SET), so running it twice changes nothing -
 bit for bit: tile queries run on one DuckDB thread, because a parallel sum
 adds floats in a different order each run (last-bit differences in `s`,
 `m2`). Each key gets a PEXPIRE of its window (or ttl) plus `EXPIRE_MARGIN_MS`.
-Packing happens in bulk from Arrow columns and commands go out in pipelines
-of `chunk` commands, the next chunk being built while Redis works on the last.
+Values are packed from Arrow columns, commands by hiredis, and they go out
+on one connection in pipelines of `chunk` commands, the next chunk being
+built while Redis works on the last (redis-py's pipeline object costs
+several times more per command than the wire does).
 Offsets (`KeyLayout.offset_key`) are never touched: a stream worker later
 replaying events already materialized would count them again, so backfill
 ranges the stream path has not applied, or restart the worker from `end`.
@@ -27,7 +29,6 @@ ranges the stream path has not applied, or restart the worker from `end`.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -35,9 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import hiredis
 import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from feature_store.aggregates import TileLayout, stat_sql, tile_layouts
@@ -73,39 +76,57 @@ class MaterializeReport:
 
 
 class _Writer:
-    """Pipelined writes in chunks, one chunk in flight while the next is built."""
+    """Pipelined writes on one connection: commands packed by hiredis, sent `chunk` at a time.
+
+    The replies of a chunk are read only when the next chunk is ready, so
+    Redis executes one chunk while we pack the next. Any error reply fails
+    the run (after the connection is dropped, so no reply is left unread).
+    """
 
     def __init__(self, redis: aioredis.Redis, chunk: int) -> None:
-        self._redis = redis
+        self._pool = redis.connection_pool
         self._chunk = chunk
-        self._pipe = redis.pipeline(transaction=False)
-        self._queued = 0
-        self._inflight: asyncio.Task[Any] | None = None
+        self._buffer: list[bytes] = []
+        self._unread = 0
+        self._connection: Any = None
         self.commands = 0
 
-    async def command(self, *args: Any) -> None:
-        self._pipe.execute_command(*args)
-        self._queued += 1
-        if self._queued >= self._chunk:
-            await self._flush()
+    def add(self, *args: Any) -> bool:
+        """Queue one command; True when a chunk is full (then `await flush()`)."""
+        self._buffer.append(hiredis.pack_command(args))
+        return len(self._buffer) >= self._chunk
 
-    async def _flush(self) -> None:
-        if self._inflight is not None:
-            await self._inflight
-        if self._queued:
-            self._inflight = asyncio.create_task(self._pipe.execute(raise_on_error=True))
-            await asyncio.sleep(0)  # let it send; Redis works while we build the next chunk
-            self.commands += self._queued
-            self._pipe = self._redis.pipeline(transaction=False)
-            self._queued = 0
-        else:
-            self._inflight = None
+    async def flush(self) -> None:
+        if self._connection is None:
+            self._connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py: unannotated
+        try:
+            await self._read_replies()
+            if self._buffer:
+                await self._connection.send_packed_command(b"".join(self._buffer), check_health=False)
+                self._unread, self.commands = len(self._buffer), self.commands + len(self._buffer)
+                self._buffer = []
+        except BaseException:
+            await self._connection.disconnect()
+            await self._release()
+            raise
+
+    async def _read_replies(self) -> None:
+        for _ in range(self._unread):
+            reply = await self._connection.read_response()
+            if isinstance(reply, ResponseError):
+                raise reply
+        self._unread = 0
 
     async def close(self) -> None:
-        await self._flush()
-        if self._inflight is not None:
-            await self._inflight
-            self._inflight = None
+        await self.flush()
+        if self._connection is not None:
+            await self._read_replies()
+            await self._release()
+
+    async def _release(self) -> None:
+        if self._connection is not None:
+            await self._pool.release(self._connection)
+            self._connection = None
 
 
 def _key_maker(keys: KeyLayout, view: FeatureView, hop_ms: int | None) -> Callable[[int, Any], str]:
@@ -159,8 +180,8 @@ async def _latest(con: duckdb.DuckDBPyConnection, events: str, view: FeatureView
         values = list(zip(*(cols[f] for f in view.fields), strict=True))
         for entity, part, t, k, q, vals in zip(cols["__entity"], cols["__partition"], cols["__t"], cols["__k"],
                                                cols["__q"], values, strict=True):
-            await writer.command("SET", key_of(partition_of(part, entity), entity), pack_latest(t, k, q, vals),
-                                 *expire)
+            if writer.add("SET", key_of(partition_of(part, entity), entity), pack_latest(t, k, q, vals), *expire):
+                await writer.flush()
         written += len(values)
         if progress is not None:
             progress(view.name, written)
@@ -191,8 +212,9 @@ async def _tiles(con: duckdb.DuckDBPyConnection, events: str, view: FeatureView,
         nonlocal keys_written
         if current is not None and mapping:
             key = key_of(partition_of(current[1], current[0]), current[0])
-            await writer.command("HSET", key, *mapping)
-            await writer.command("PEXPIRE", key, expire)
+            writer.add("HSET", key, *mapping)
+            if writer.add("PEXPIRE", key, expire):
+                await writer.flush()
             keys_written += 1
 
     try:
@@ -244,6 +266,9 @@ async def materialize(redis: aioredis.Redis, keys: KeyLayout, data_dir: Path, vi
         await writer.close()
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
         raise OnlineStoreUnavailable(f"materialize: Redis is unreachable ({type(exc).__name__}); retry") from None
+    except ResponseError as exc:
+        raise OnlineStoreUnavailable(f"materialize: Redis refused a write ({exc}); check the key prefix "
+                                     f"(FEATURESTREAM_ONLINE_PREFIX) is not used by other data") from None
     except duckdb.Error as exc:
         raise OfflineStoreError(f"materialize: offline query failed: {str(exc).splitlines()[0]}") from exc
     finally:

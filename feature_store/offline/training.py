@@ -16,6 +16,8 @@ duplicates stay. One SQL shape per view kind:
 
 from __future__ import annotations
 
+import contextlib
+import glob
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from feature_store.aggregates import TileLayout, finalize_sql, stat_sql, stats_for
+from feature_store.aggregates import SEQ_PARTITION_SHIFT, TileLayout, finalize_sql, stat_sql, stats_for
 from feature_store.definitions import Aggregation, FeatureService, FeatureView
 from feature_store.errors import OfflineStoreError
 from feature_store.offline.engine import Progress, run_with_progress, sql_str
@@ -140,53 +142,81 @@ def _windowed_ctes(view: FeatureView, features: list[str], events: str, key: str
     return ctes, outputs
 
 
-def _order_key(con: duckdb.DuckDBPyConnection, events_sql: str) -> str:
-    """One integer ordering a view's events exactly like (event_time, tie, seq), or the struct itself.
+@dataclass(frozen=True)
+class _OrderKey:
+    """One integer ordering a view's events exactly like (event_time, tie, seq).
 
     The three are packed relative to their minimum into a BIGINT or HUGEINT
-    when their ranges fit (always, for real data); comparing one integer is
-    several times faster in DuckDB's window than comparing structs.
+    when their ranges fit (always, for real data): comparing one integer is
+    several times cheaper in DuckDB than comparing structs, and an ASOF join
+    can then pick the newest event by (event_time, tie, seq) directly.
     """
-    struct = "struct_pack(t := __event_time, k := __tie, q := __seq)"
+
+    sql: str
+    kind: str
+    low_event_time: int
+    high_event_time: int
+    shift: int  # bits below event_time
+
+    def upper_bound_sql(self, t: str) -> str:
+        """The largest key an event with `event_time <= t` can have (t clamped to the data's range)."""
+        clamped = f"least(greatest({t}, {self.low_event_time - 1}), {self.high_event_time})"
+        return f"(({clamped} - {self.low_event_time} + 1)::{self.kind} * CAST('{2 ** self.shift}' AS {self.kind}) - 1)"
+
+
+_STRUCT_ORDER = "struct_pack(t := __event_time, k := __tie, q := __seq)"
+
+
+def _order_key(con: duckdb.DuckDBPyConnection, events_sql: str) -> _OrderKey | None:
+    """The packed order key of these events, or None (no events, or ranges too wide: use the struct)."""
     row = con.execute(f"SELECT min(__event_time), max(__event_time), min(__tie), max(__tie), min(__seq), "
                       f"max(__seq) FROM ({events_sql})").fetchall()[0]
-    if row is None or row[0] is None:
-        return struct
+    if row[0] is None:
+        return None
     (lo_e, hi_e), (lo_t, hi_t), (lo_s, hi_s) = (row[0:2], row[2:4], row[4:6])
     bits_t, bits_s = (hi_t - lo_t).bit_length(), (hi_s - lo_s).bit_length()
-    total = (hi_e - lo_e).bit_length() + bits_t + bits_s
+    total = (hi_e - lo_e + 1).bit_length() + bits_t + bits_s
     if total > 126:
-        return struct
+        return None
     kind = "BIGINT" if total <= 62 else "HUGEINT"
 
     def shifted(column: str, low: int, shift: int) -> str:
         return f"(({column} - {low})::{kind} * CAST('{2 ** shift}' AS {kind}))"
 
-    return (f"({shifted('__event_time', lo_e, bits_t + bits_s)} + {shifted('__tie', lo_t, bits_s)} "
-            f"+ (__seq - {lo_s})::{kind})")
+    sql = (f"({shifted('__event_time', lo_e, bits_t + bits_s)} + {shifted('__tie', lo_t, bits_s)} "
+           f"+ (__seq - {lo_s})::{kind})")
+    return _OrderKey(sql, kind, lo_e, hi_e, bits_t + bits_s)
 
 
 def _latest_join(con: duckdb.DuckDBPyConnection, view: FeatureView, features: list[str], events: str,
                  events_sql: str, key: str, as_served: bool, tag: str) -> tuple[str, list[str]]:
     """ASOF join of the rows with the view's states, and the output expressions (ttl applied).
 
-    A state is an event that was the newest (by event_time, tie, seq) of its
-    entity when it became visible: the running max over `__avail` order
-    (peers, i.e. equal `__avail`, count together). The state at t is the
-    last one with `__avail <= t`.
+    As served, a state is an event that was the newest (by event_time, tie,
+    seq) of its entity when it became visible: the running max over
+    `__avail` order (peers, i.e. equal `__avail`, count together); the state
+    at t is the last one with `__avail <= t`. By event time only, the state
+    at t is the event with the largest order key whose event_time <= t: one
+    plain ASOF join on the packed key, no window.
     """
-    avail = "__avail" if as_served else "__event_time"
     order = _order_key(con, events_sql)
     fields = ", ".join(_q(f) for f in features)
-    states = (
-        f"SELECT __entity, {avail} AS __at, __event_time, {fields} FROM {events} "
-        f"QUALIFY {order} = max({order}) OVER (PARTITION BY __entity ORDER BY {avail} "
-        f"RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
-    )
+    if not as_served and order is not None:
+        states = f"SELECT __entity, {order.sql} AS __at, __event_time, {fields} FROM {events}"
+        bound = order.upper_bound_sql(f"r.{T}")
+    else:
+        avail = "__avail" if as_served else "__event_time"
+        key_sql = order.sql if order is not None else _STRUCT_ORDER
+        states = (
+            f"SELECT __entity, {avail} AS __at, __event_time, {fields} FROM {events} "
+            f"QUALIFY {key_sql} = max({key_sql}) OVER (PARTITION BY __entity ORDER BY {avail} "
+            f"RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
+        )
+        bound = f"r.{T}"
     ttl = view.ttl_ms
     live = f"{tag}.__event_time > r.{T} - {ttl}" if ttl is not None else f"{tag}.__event_time IS NOT NULL"
     outputs = [f"CASE WHEN {live} THEN {tag}.{_q(f)} END AS {_q(output_name(view, f))}" for f in features]
-    join = f"ASOF LEFT JOIN ({states}) {tag} ON r.{key} = {tag}.__entity AND r.{T} >= {tag}.__at"
+    join = f"ASOF LEFT JOIN ({states}) {tag} ON r.{key} = {tag}.__entity AND {bound} >= {tag}.__at"
     return join, outputs
 
 
@@ -227,23 +257,49 @@ def build_training_set_sql(con: duckdb.DuckDBPyConnection, data_dir: Path, query
     return f"WITH {', '.join(ctes)} {select}"
 
 
+def _register_entities(con: duckdb.DuckDBPyConnection, entities: str | Path | pa.Table | Any) -> dict[str, str]:
+    """Make `__input` (the rows plus `__row`, their input order) and return its columns and DuckDB types.
+
+    Parquet paths (or globs) are scanned by DuckDB directly, never loaded
+    whole; `__row` = file index * 2**40 + row number in the file.
+    """
+    if isinstance(entities, str | Path):
+        files = sorted(glob.glob(str(entities)))
+        if not files:
+            raise OfflineStoreError(f"cannot read entity rows from {str(entities)!r}: no such file; pass a Parquet "
+                                    f"file or glob")
+        union = " UNION ALL BY NAME ".join(
+            f"SELECT *, {i}::BIGINT AS __file FROM read_parquet({sql_str(f)}, file_row_number = true)"
+            for i, f in enumerate(files))
+        relation = (f"SELECT * EXCLUDE (__file, file_row_number), __file * {SEQ_PARTITION_SHIFT} + file_row_number "
+                    f"AS {ROW} FROM ({union})")
+    else:
+        table = load_entities(entities)
+        con.register("__input_arrow", table.append_column(ROW, pa.array(range(table.num_rows), pa.int64())))
+        relation = "SELECT * FROM __input_arrow"
+    try:
+        con.execute(f"CREATE OR REPLACE TEMP VIEW __input AS {relation}")
+        described = con.execute("SELECT column_name, column_type FROM (DESCRIBE __input)").fetchall()
+    except duckdb.Error as exc:
+        raise OfflineStoreError(f"cannot read entity rows from {str(entities)[:200]!r}: "
+                                f"{str(exc).splitlines()[0]}") from None
+    return {str(name): str(kind) for name, kind in described if name != ROW}
+
+
 def training_set(con: duckdb.DuckDBPyConnection, data_dir: Path, entities: str | Path | pa.Table | Any,
                  query: TrainingSetQuery, *, out: str | Path | None = None,
                  progress: Progress | None = None) -> pa.Table:
     """Compute a training set; with `out`, stream it into that Parquet file (and return it memory-mapped)."""
-    table = load_entities(entities)
-    if query.timestamp_column not in table.column_names:
-        raise OfflineStoreError(
-            f"entity rows lack the timestamp column {query.timestamp_column!r} (columns: "
-            f"{', '.join(table.column_names)}); pass timestamp_column= or add the column"
-        )
-    input_columns = list(table.column_names)
-    con.register("__input", table.append_column(ROW, pa.array(range(table.num_rows), pa.int64())))
-    duck_type = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE __input)").fetchall())
-    t_sql = _time_ms_sql(query.timestamp_column, str(duck_type[query.timestamp_column]))
-    con.execute(f"CREATE OR REPLACE TEMP VIEW __rows AS SELECT *, {t_sql} AS {T} FROM __input")
-    sql = build_training_set_sql(con, data_dir, query, input_columns)
     try:
+        types = _register_entities(con, entities)
+        if query.timestamp_column not in types:
+            raise OfflineStoreError(
+                f"entity rows lack the timestamp column {query.timestamp_column!r} (columns: "
+                f"{', '.join(types)}); pass timestamp_column= or add the column"
+            )
+        t_sql = _time_ms_sql(query.timestamp_column, types[query.timestamp_column])
+        con.execute(f"CREATE OR REPLACE TEMP VIEW __rows AS SELECT *, {t_sql} AS {T} FROM __input")
+        sql = build_training_set_sql(con, data_dir, query, list(types))
         if out is None:
             result: pa.Table = run_with_progress(con, lambda: con.sql(sql).to_arrow_table(), progress)
             return result
@@ -253,4 +309,6 @@ def training_set(con: duckdb.DuckDBPyConnection, data_dir: Path, entities: str |
         return pq.read_table(str(out), memory_map=True)
     finally:
         con.execute("DROP VIEW IF EXISTS __rows")
-        con.unregister("__input")
+        con.execute("DROP VIEW IF EXISTS __input")
+        with contextlib.suppress(duckdb.Error):
+            con.unregister("__input_arrow")
