@@ -29,6 +29,9 @@ ranges the stream path has not applied, or restart the worker from `end`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import ssl
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -39,6 +42,7 @@ import duckdb
 import hiredis
 import redis.asyncio as aioredis
 import structlog
+from redis.asyncio.connection import SSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -47,7 +51,7 @@ from feature_store.aggregates import TileLayout, stat_sql, tile_layouts
 from feature_store.definitions import FeatureView
 from feature_store.errors import OfflineStoreError, OnlineStoreUnavailable
 from feature_store.offline.engine import connect
-from feature_store.offline.events import view_events_sql
+from feature_store.offline.events import STRUCT_ORDER, order_key, view_events_sql
 from feature_store.online import KeyLayout, pack_latest, pack_stats, partition_for
 from feature_store.windows import DAY_MS, tile_start
 
@@ -76,19 +80,24 @@ class MaterializeReport:
 
 
 class _Writer:
-    """Pipelined writes on one connection: commands packed by hiredis, sent `chunk` at a time.
+    """Pipelined writes on one dedicated connection: commands packed and replies parsed by hiredis.
 
-    The replies of a chunk are read only when the next chunk is ready, so
-    Redis executes one chunk while we pack the next. Any error reply fails
-    the run (after the connection is dropped, so no reply is left unread).
+    Chunks of `chunk` commands go out in one write; a chunk's replies are
+    read only when the next chunk is packed, so Redis executes one while we
+    pack the next. redis-py's pipeline (and its per-reply `read_response`)
+    costs several times what the wire does per command, so bulk writes
+    connect with the client's own settings (host/port or unix path, user,
+    password, db, TLS) and speak RESP directly. Any error reply fails the run.
     """
 
     def __init__(self, redis: aioredis.Redis, chunk: int) -> None:
-        self._pool = redis.connection_pool
+        self._settings = dict(redis.connection_pool.connection_kwargs)
+        self._tls = issubclass(redis.connection_pool.connection_class, SSLConnection)
         self._chunk = chunk
         self._buffer: list[bytes] = []
         self._unread = 0
-        self._connection: Any = None
+        self._parser = hiredis.Reader()
+        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self.commands = 0
 
     def add(self, *args: Any) -> bool:
@@ -96,37 +105,58 @@ class _Writer:
         self._buffer.append(hiredis.pack_command(args))
         return len(self._buffer) >= self._chunk
 
-    async def flush(self) -> None:
-        if self._connection is None:
-            self._connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py: unannotated
-        try:
-            await self._read_replies()
-            if self._buffer:
-                await self._connection.send_packed_command(b"".join(self._buffer), check_health=False)
-                self._unread, self.commands = len(self._buffer), self.commands + len(self._buffer)
-                self._buffer = []
-        except BaseException:
-            await self._connection.disconnect()
-            await self._release()
-            raise
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        options = self._settings
+        if "path" in options:
+            streams = await asyncio.open_unix_connection(options["path"])
+        else:
+            context = ssl.create_default_context(cafile=options.get("ssl_ca_certs")) if self._tls else None
+            streams = await asyncio.open_connection(options.get("host", "localhost"), options.get("port", 6379),
+                                                    ssl=context)
+        self._streams = streams
+        hello: list[tuple[Any, ...]] = []
+        if options.get("password"):
+            hello.append(("AUTH", *([options["username"]] if options.get("username") else []), options["password"]))
+        hello.append(("SELECT", int(options.get("db") or 0)))
+        self._buffer[:0] = [hiredis.pack_command(command) for command in hello]
+        return streams
 
-    async def _read_replies(self) -> None:
-        for _ in range(self._unread):
-            reply = await self._connection.read_response()
-            if isinstance(reply, ResponseError):
-                raise reply
-        self._unread = 0
+    async def flush(self) -> None:
+        reader, writer = self._streams or await self._open()
+        await self._read_replies(reader)
+        if self._buffer:
+            writer.write(b"".join(self._buffer))
+            await writer.drain()
+            self._unread, self.commands = len(self._buffer), self.commands + len(self._buffer)
+            self._buffer = []
+
+    async def _read_replies(self, reader: asyncio.StreamReader) -> None:
+        while self._unread:
+            reply = self._parser.gets()
+            if reply is False:
+                data = await reader.read(1 << 20)
+                if not data:
+                    raise RedisConnectionError("Redis closed the connection")
+                self._parser.feed(data)
+                continue
+            if isinstance(reply, hiredis.ReplyError):
+                raise ResponseError(str(reply))
+            self._unread -= 1
 
     async def close(self) -> None:
-        await self.flush()
-        if self._connection is not None:
-            await self._read_replies()
-            await self._release()
+        """Send what is queued and read every reply."""
+        if self._buffer or self._unread:
+            await self.flush()
+            if self._streams is not None:
+                await self._read_replies(self._streams[0])
 
-    async def _release(self) -> None:
-        if self._connection is not None:
-            await self._pool.release(self._connection)
-            self._connection = None
+    async def disconnect(self) -> None:
+        """Drop the connection (after `close`, or after an error with replies unread)."""
+        if self._streams is not None:
+            self._streams[1].close()
+            with contextlib.suppress(OSError):
+                await self._streams[1].wait_closed()
+            self._streams = None
 
 
 def _key_maker(keys: KeyLayout, view: FeatureView, hop_ms: int | None) -> Callable[[int, Any], str]:
@@ -166,7 +196,8 @@ def _batches(con: duckdb.DuckDBPyConnection, sql: str) -> Iterator[dict[str, lis
 
 async def _latest(con: duckdb.DuckDBPyConnection, events: str, view: FeatureView, keys: KeyLayout,
                   writer: _Writer, end_ms: int, ignore_ingest_time: bool, progress: ProgressCallback | None) -> int:
-    order = "struct_pack(t := __event_time, k := __tie, q := __seq)"
+    key = order_key(con, events)
+    order = key.sql if key is not None else STRUCT_ORDER
     fields = [f'"{f}"' for f in view.fields]
     best = f"arg_max(struct_pack(__t := __event_time, __k := __tie, __q := __seq, {', '.join(fields)}), {order})"
     sql = (f"SELECT __entity, __partition, unnest(__best) FROM (SELECT __entity, __partition, {best} AS __best "
@@ -272,6 +303,7 @@ async def materialize(redis: aioredis.Redis, keys: KeyLayout, data_dir: Path, vi
     except duckdb.Error as exc:
         raise OfflineStoreError(f"materialize: offline query failed: {str(exc).splitlines()[0]}") from exc
     finally:
+        await writer.disconnect()
         if own:
             con.close()
     report = MaterializeReport(views=done, keys=total_keys, tiles=total_tiles, latest=total_latest,

@@ -31,7 +31,7 @@ from feature_store.aggregates import SEQ_PARTITION_SHIFT, TileLayout, finalize_s
 from feature_store.definitions import Aggregation, FeatureService, FeatureView
 from feature_store.errors import OfflineStoreError
 from feature_store.offline.engine import Progress, run_with_progress, sql_str
-from feature_store.offline.events import view_events_sql
+from feature_store.offline.events import STRUCT_ORDER, order_key, view_events_sql
 from feature_store.transforms import DUCKDB_TYPES
 
 if TYPE_CHECKING:
@@ -142,52 +142,6 @@ def _windowed_ctes(view: FeatureView, features: list[str], events: str, key: str
     return ctes, outputs
 
 
-@dataclass(frozen=True)
-class _OrderKey:
-    """One integer ordering a view's events exactly like (event_time, tie, seq).
-
-    The three are packed relative to their minimum into a BIGINT or HUGEINT
-    when their ranges fit (always, for real data): comparing one integer is
-    several times cheaper in DuckDB than comparing structs, and an ASOF join
-    can then pick the newest event by (event_time, tie, seq) directly.
-    """
-
-    sql: str
-    kind: str
-    low_event_time: int
-    high_event_time: int
-    shift: int  # bits below event_time
-
-    def upper_bound_sql(self, t: str) -> str:
-        """The largest key an event with `event_time <= t` can have (t clamped to the data's range)."""
-        clamped = f"least(greatest({t}, {self.low_event_time - 1}), {self.high_event_time})"
-        return f"(({clamped} - {self.low_event_time} + 1)::{self.kind} * CAST('{2 ** self.shift}' AS {self.kind}) - 1)"
-
-
-_STRUCT_ORDER = "struct_pack(t := __event_time, k := __tie, q := __seq)"
-
-
-def _order_key(con: duckdb.DuckDBPyConnection, events_sql: str) -> _OrderKey | None:
-    """The packed order key of these events, or None (no events, or ranges too wide: use the struct)."""
-    row = con.execute(f"SELECT min(__event_time), max(__event_time), min(__tie), max(__tie), min(__seq), "
-                      f"max(__seq) FROM ({events_sql})").fetchall()[0]
-    if row[0] is None:
-        return None
-    (lo_e, hi_e), (lo_t, hi_t), (lo_s, hi_s) = (row[0:2], row[2:4], row[4:6])
-    bits_t, bits_s = (hi_t - lo_t).bit_length(), (hi_s - lo_s).bit_length()
-    total = (hi_e - lo_e + 1).bit_length() + bits_t + bits_s
-    if total > 126:
-        return None
-    kind = "BIGINT" if total <= 62 else "HUGEINT"
-
-    def shifted(column: str, low: int, shift: int) -> str:
-        return f"(({column} - {low})::{kind} * CAST('{2 ** shift}' AS {kind}))"
-
-    sql = (f"({shifted('__event_time', lo_e, bits_t + bits_s)} + {shifted('__tie', lo_t, bits_s)} "
-           f"+ (__seq - {lo_s})::{kind})")
-    return _OrderKey(sql, kind, lo_e, hi_e, bits_t + bits_s)
-
-
 def _latest_join(con: duckdb.DuckDBPyConnection, view: FeatureView, features: list[str], events: str,
                  events_sql: str, key: str, as_served: bool, tag: str) -> tuple[str, list[str]]:
     """ASOF join of the rows with the view's states, and the output expressions (ttl applied).
@@ -199,14 +153,14 @@ def _latest_join(con: duckdb.DuckDBPyConnection, view: FeatureView, features: li
     at t is the event with the largest order key whose event_time <= t: one
     plain ASOF join on the packed key, no window.
     """
-    order = _order_key(con, events_sql)
+    order = order_key(con, events_sql)
     fields = ", ".join(_q(f) for f in features)
     if not as_served and order is not None:
         states = f"SELECT __entity, {order.sql} AS __at, __event_time, {fields} FROM {events}"
         bound = order.upper_bound_sql(f"r.{T}")
     else:
         avail = "__avail" if as_served else "__event_time"
-        key_sql = order.sql if order is not None else _STRUCT_ORDER
+        key_sql = order.sql if order is not None else STRUCT_ORDER
         states = (
             f"SELECT __entity, {avail} AS __at, __event_time, {fields} FROM {events} "
             f"QUALIFY {key_sql} = max({key_sql}) OVER (PARTITION BY __entity ORDER BY {avail} "
