@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import faust
 from mode import Service
 
+from feature_store.consistency import with_prediction_log
 from feature_store.errors import ConfigError
 from feature_store.repo import FeatureRepo
 from feature_store.settings import Settings
@@ -87,7 +88,8 @@ def create_app(settings: Settings, repo: FeatureRepo, options: WorkerOptions | N
     config = materializer_config(settings, options)
     metrics = WorkerMetrics()
     metrics.serve(options.metrics_port)
-    materializer = Materializer(config, repo, metrics=metrics)
+    # the prediction log topic is appended to the offline store too (consistency checks read it)
+    materializer = Materializer(config, with_prediction_log(repo, settings.partitions), metrics=metrics)
     app = faust.App(
         f"{options.group_id}-app",
         broker=f"kafka://{config.bootstrap}",

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from feature_store.durations import to_ms
 from feature_store.online import KeyLayout, OnlineReader
 from feature_store.online.writer import NO_OFFSET, OnlineWriter, PartitionBatch
 from feature_store.repo import FeatureRepo
@@ -119,13 +120,19 @@ async def test_a_batch_applies_once_and_a_stale_writer_is_fenced(redis_client: a
 
 
 async def test_keys_get_ttls_and_old_tiles_are_dropped(redis_client: aioredis.Redis) -> None:
-    day = 24 * 3_600_000
-    early = {"user": "u1", "shop": "s1", "amount": 1.0, "label": "a", "ts": START}
-    late = {**early, "ts": START + day}  # far beyond the longest window (2 h + hop)
-    assert await _apply_batches(redis_client, REPO, "x", [[early], [late]]) == [True, True]
+    hour = 3_600_000
+    events = [{"user": "u1", "shop": "s1", "amount": 1.0, "label": "a", "ts": START + k * hour} for k in range(8)]
+    assert all(await _apply_batches(redis_client, REPO, "x", [[e] for e in events]))
     keys = [k async for k in redis_client.scan_iter("x:*") if not k.endswith(b":offset")]
     assert keys
     for key in keys:
         assert await redis_client.pttl(key) > 0, key
-        if await redis_client.type(key) == b"hash":
-            assert await redis_client.hkeys(key) == [str(START + day).encode()], key
+        if await redis_client.type(key) == b"hash":  # at most (max window + hop) / hop + 1 tiles are kept
+            view = REPO.views[key.decode().split(":")[4].split(".")[0]]  # x:v1:{events:0}:<view>.<fp>:...
+            hop = to_ms(key.decode().rsplit(":h", 1)[1])
+            window = max(a.window_ms for a in view.aggregations if a.hop_ms == hop)
+            fields = sorted(int(f) for f in await redis_client.hkeys(key))
+            max_tiles = (window + hop) // hop + 1
+            assert len(fields) <= max_tiles, (key, fields)
+            assert len(fields) < len(events) or len(events) <= max_tiles, (key, fields)
+            assert fields[-1] == START + 7 * hour
