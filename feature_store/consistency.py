@@ -26,12 +26,16 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry, Gauge
 
+from feature_store.definitions import StreamSource
 from feature_store.errors import FeatureStoreError
 from feature_store.offline.layout import log_glob
 from feature_store.repo import FeatureRepo
+from schemas import PREDICTION_LOG
 
 __all__ = [
+    "PREDICTION_LOG_SOURCE",
     "PREDICTION_LOG_SOURCES",
+    "PREDICTION_LOG_TOPIC",
     "ConsistencyError",
     "ConsistencyReport",
     "FeatureResult",
@@ -46,13 +50,18 @@ __all__ = [
     "feature_ref",
     "find_prediction_log",
     "load_served",
+    "prediction_log_source",
     "values_match",
+    "with_prediction_log",
 ]
 
 REL_TOL = 1e-9
 ABS_TOL = 1e-9
-PREDICTION_LOG_SOURCES = ("_predictions", "prediction_log", "predictions")
-"""Names the prediction log may be logged under in `<data_dir>/log/` (the topic name first)."""
+PREDICTION_LOG_SOURCE = "prediction_log"
+"""The stream source the worker logs the prediction log topic as: `<data_dir>/log/prediction_log/`."""
+PREDICTION_LOG_TOPIC = "_predictions"
+PREDICTION_LOG_SOURCES = (PREDICTION_LOG_SOURCE, PREDICTION_LOG_TOPIC, "predictions")
+"""Names the prediction log may be logged under in `<data_dir>/log/`."""
 
 
 class ConsistencyError(FeatureStoreError):
@@ -221,6 +230,25 @@ def checkable_features(repo: FeatureRepo, rows: Sequence[ServedRow]) -> tuple[li
 
 
 # ---------------------------------------------------------------- the prediction log
+def prediction_log_source(partitions: int, topic: str = PREDICTION_LOG_TOPIC) -> StreamSource:
+    """The prediction log topic as a stream source without views: the worker validates and logs it offline.
+
+    `partitions` must match the topic's (serving creates it with `Settings.partitions`).
+    """
+    return StreamSource(name=PREDICTION_LOG_SOURCE, schema=PREDICTION_LOG, event_time="served_at",
+                        key="request_id", topic=topic, partitions=partitions,
+                        description="Served predictions, logged for consistency checks and label joins")
+
+
+def with_prediction_log(repo: FeatureRepo, partitions: int, topic: str = PREDICTION_LOG_TOPIC) -> FeatureRepo:
+    """`repo` plus the prediction log source, for the worker that appends it to the offline store."""
+    if PREDICTION_LOG_SOURCE in repo.sources:
+        return repo
+    source = prediction_log_source(partitions, topic)
+    return FeatureRepo(entities=repo.entities, sources={**repo.sources, source.name: source}, views=repo.views,
+                       services=repo.services)
+
+
 def find_prediction_log(data_dir: Path) -> str:
     """The Parquet glob of the prediction log in the offline store, or a ConsistencyError saying it is missing."""
     for name in PREDICTION_LOG_SOURCES:
