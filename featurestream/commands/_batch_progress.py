@@ -15,7 +15,7 @@ __all__ = ["count_bar", "fraction_bar"]
 def fraction_bar(console: Console, label: str) -> Iterator[Callable[[float], None]]:
     """A bar fed with a completion fraction in [0, 1]."""
     with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as progress:
+                  console=console, transient=True) as progress:
         task = progress.add_task(label, total=1.0)
         yield lambda done: progress.update(task, completed=done)
         progress.update(task, completed=1.0)
@@ -25,7 +25,7 @@ def fraction_bar(console: Console, label: str) -> Iterator[Callable[[float], Non
 def count_bar(console: Console, label: str) -> Iterator[Callable[[str, int], None]]:
     """A spinner-like bar fed with (what, how many so far): total unknown up front."""
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,.0f} keys"),
-                  TimeElapsedColumn(), console=console, transient=False) as progress:
+                  TimeElapsedColumn(), console=console, transient=True) as progress:
         task = progress.add_task(label, total=None)
         done: dict[str, int] = {}
 
