@@ -11,7 +11,11 @@ duplicates stay. One SQL shape per view kind:
   `stat_sql` then `finalize_sql` (one join per distinct (hop, window)).
 - latest: the online state after each event is the running argmax by
   (event_time, tie, seq) in order of `__avail`; an ASOF join picks the state
-  at `t`, then the ttl applies (`state.event_time > t - ttl`).
+  at `t`, then the ttl applies (`state.event_time > t - ttl`). By event time
+  only, one ASOF join on the packed order key (`events.order_key`) suffices.
+
+Entity rows given as Parquet are scanned by DuckDB (never loaded whole);
+with `out=` the result streams into Parquet (`COPY ... TO`).
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ def output_name(view: FeatureView, feature: str) -> str:
 
 
 def load_entities(entities: str | Path | pa.Table | pd.DataFrame) -> pa.Table:
-    """The entity rows as Arrow (a Parquet path or glob, an Arrow table or a pandas DataFrame)."""
+    """The entity rows as Arrow (a Parquet file, an Arrow table or a pandas DataFrame), all in memory."""
     if isinstance(entities, pa.Table):
         return entities
     if isinstance(entities, str | Path):
