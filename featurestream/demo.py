@@ -79,6 +79,8 @@ class DemoConfig:
     malformed_every: int = 50
     data_dir: Path | None = None
     seed: int = 7
+    linger_s: float = 0.0
+    """Keep everything up this long after the report (to look at the dashboard); Ctrl-C ends it early."""
 
 
 @dataclass
@@ -117,7 +119,8 @@ class Demo:
         self.traffic: Traffic | None = None
 
     # ------------------------------------------------------------ the run
-    def run(self) -> DemoReport:
+    def run(self, on_done: Callable[[DemoReport], None] | None = None) -> DemoReport:
+        """Run every step, call `on_done(report)` while the stack is still up, linger, then stop it all."""
         try:
             self._step("local stack", self._start_stack)
             self._step("apply feature repo", self._apply, needs=["local stack"])
@@ -128,6 +131,9 @@ class Demo:
             self._step("training set + model", self._train, needs=["publish transactions"])
             self._step("live predictions + labels", self._live, needs=["serving API", "training set + model"])
             self._step("consistency", self._consistency, needs=["live predictions + labels"])
+            if on_done is not None:
+                on_done(self.report)
+            self._linger()
         except KeyboardInterrupt:
             self.console.print("[yellow]interrupted: stopping everything[/]")
             self.report.steps.append(StepResult("interrupted", "skipped", "Ctrl-C"))
@@ -157,6 +163,19 @@ class Demo:
         self.report.steps.append(result)
         style = {"ok": "green", "missing": "yellow", "skipped": "dim", "failed": "red"}[result.status]
         self.console.print(f"[{style}]{result.status:>7}[/] {name} [dim]({result.seconds:.1f} s)[/] {result.detail}")
+
+    def _linger(self) -> None:
+        if self.config.linger_s <= 0 or self.api_url is None:
+            return
+        self.console.print(f"dashboard: {self.api_url}/ui  (everything stops in {self.config.linger_s:.0f} s; "
+                           f"Ctrl-C stops now)")
+        try:
+            until = time.monotonic() + self.config.linger_s
+            while time.monotonic() < until:
+                self._alive()
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            self.console.print("stopping")
 
     def remaining(self) -> float:
         return self._deadline - time.monotonic()
@@ -453,7 +472,7 @@ def print_report(console: Console, report: DemoReport, *, api_url: str | None = 
     else:
         row("consistency", "not run (see the steps above)")
     if api_url:
-        row("dashboard", f"{api_url}/ui (stopped with the demo)")
+        row("dashboard", f"{api_url}/ui")
     console.print(table)
     if report.predictions:
         live = Table(title="a few live predictions", title_justify="left")

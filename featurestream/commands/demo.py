@@ -17,6 +17,9 @@ def demo(
     ] = 180.0,
     predictions: Annotated[int, typer.Option(min=1, help="Live predictions to serve through the API.")] = 200,
     users: Annotated[int, typer.Option(min=10, help="Card holders in the generated data.")] = 500,
+    linger: Annotated[
+        float, typer.Option(min=0.0, help="Keep the stack and the dashboard up this many seconds after the report.")
+    ] = 0.0,
     data_dir: Annotated[
         Path | None,
         typer.Option(help="Keep the demo's data (event logs, registry, models) here instead of a temp dir."),
@@ -38,15 +41,22 @@ def demo(
 
     from feature_store.logging import configure_logging
     from feature_store.settings import load_settings
-    from featurestream.demo import Demo, DemoConfig, DemoFailed, print_report
+    from featurestream.demo import Demo, DemoConfig, DemoFailed, DemoReport, print_report
 
     if "FEATURESTREAM_LOG_LEVEL" not in os.environ:  # the report is the output; logs only for trouble
         configure_logging(load_settings(log_level="WARNING"))
     console = Console(highlight=False)
     runner = Demo(DemoConfig(events=events, duration_s=duration, predictions=predictions, users=users,
-                             data_dir=data_dir), console)
-    report = runner.run()
-    print_report(console, report)
+                             data_dir=data_dir, linger_s=linger), console)
+    printed: list[bool] = []
+
+    def done(report: DemoReport) -> None:
+        print_report(console, report, api_url=runner.api_url if linger else None)
+        printed.append(True)
+
+    report = runner.run(on_done=done)
+    if not printed:  # interrupted or stopped before the end: report what ran
+        print_report(console, report)
     if any(s.name == "interrupted" for s in report.steps):
         raise typer.Exit(130)
     failed = [s for s in report.steps if s.status == "failed"]
