@@ -48,10 +48,6 @@ class _ViewSql:
     keep_ms: int
     refresh_ms: int  # how often a written key's TTL is pushed forward
 
-    @property
-    def max_tiles(self) -> int:
-        return 0 if self.layout is None else self.keep_ms // self.layout.hop_ms + 1
-
 
 def _ttl(lifetime_ms: int) -> tuple[int, int]:
     """(pexpire, refresh interval) so a key outlives its last write by at least `lifetime_ms`.
@@ -151,7 +147,7 @@ class SourcePlan:
                 for entity, tiles in per_entity.items():
                     key = self._key(index, partition, entity)
                     batch.tiles.append(TileWrite(key=key, layout=item.layout_index, pexpire_ms=item.pexpire_ms,
-                                                 keep_ms=item.keep_ms, max_tiles=item.max_tiles, tiles=tiles,
+                                                 keep_ms=item.keep_ms, tiles=tiles,
                                                  refresh=self._refresh(key, bucket)))
         finally:
             con.unregister(RELATION)

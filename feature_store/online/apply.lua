@@ -8,7 +8,7 @@
 -- ARGV[4]        partition watermark after the batch (event time ms), stored on success
 -- ARGV[5]        msgpack list of merge-op lists, one per tile layout (TileLayout.ops)
 -- ARGV[6]        msgpack list of items, item i for KEYS[i + 1]:
---                  tiles:  {1, layout, pexpire_ms, keep_ms, refresh, max_tiles, tile_start, packed_stats, ...}
+--                  tiles:  {1, layout, pexpire_ms, keep_ms, refresh, tile_start, packed_stats, ...}
 --                  latest: {2, 0, pexpire_ms, refresh, event_time, tie, seq, packed_value}
 --                pexpire_ms 0: no expiry; the TTL is set when refresh is 1 or the script creates the
 --                key/tile (the writer refreshes each key at most once per interval: PEXPIRE is costly)
@@ -77,7 +77,7 @@ for index, item in ipairs(cmsgpack.unpack(ARGV[6])) do
   if item[1] == 1 then
     local ops = layouts[item[2]]
     local created = false
-    for j = 7, #item, 2 do
+    for j = 6, #item, 2 do
       local field, packed = item[j], item[j + 1]
       local cur = redis.call('HGET', key, field)
       if cur then
@@ -87,11 +87,13 @@ for index, item in ipairs(cmsgpack.unpack(ARGV[6])) do
       end
       redis.call('HSET', key, field, packed)
     end
-    -- a new tile in a full hash: drop tiles no read can reach (older than the newest tile - keep_ms)
+    -- a new tile: drop tiles no read can reach any more (older than the newest tile - keep_ms).
+    -- Done on every batch that creates a tile, so the kept set is {tile >= newest - keep} however
+    -- the events were batched (a count threshold would make it depend on batch boundaries).
     local keep = item[4]
-    if created and keep > 0 and redis.call('HLEN', key) > item[6] then
+    if created and keep > 0 then
       local fields = redis.call('HKEYS', key)
-      do
+      if #fields > 1 then
         local newest = nil
         for _, f in ipairs(fields) do
           local v = tonumber(f)

@@ -43,8 +43,7 @@ class TileWrite:
     key: str
     layout: int  # index into PartitionBatch.layouts
     pexpire_ms: int
-    keep_ms: int  # tiles older than the newest one minus this are dropped ...
-    max_tiles: int  # ... once the hash holds more tiles than this (reads reach at most this many)
+    keep_ms: int  # tiles older than the newest one minus this are dropped
     tiles: Sequence[tuple[int, bytes]]
     refresh: bool = True  # push the TTL forward (always done when the script creates a tile)
 
@@ -111,7 +110,7 @@ class OnlineWriter:
         items: list[list[Any]] = []
         for tile in batch.tiles:
             keys.append(tile.key)
-            item: list[Any] = [1, tile.layout + 1, tile.pexpire_ms, tile.keep_ms, int(tile.refresh), tile.max_tiles]
+            item: list[Any] = [1, tile.layout + 1, tile.pexpire_ms, tile.keep_ms, int(tile.refresh)]
             for start, packed in tile.tiles:
                 item.append(str(start))
                 item.append(packed)
