@@ -270,3 +270,15 @@ def test_records_the_worker_refused_are_not_sampled(tmp_path: Path) -> None:
     }), path)
     rows = load_served(find_prediction_log(tmp_path), sample=10)
     assert [r.request_id for r in rows] == ["a", "b"]
+
+
+def test_the_worker_logs_the_prediction_log_as_a_source_without_views() -> None:
+    from feature_store.consistency import PREDICTION_LOG_SOURCE, with_prediction_log
+
+    repo = load_repo(CARD_FRAUD)
+    logged = with_prediction_log(repo, partitions=3)
+    source = logged.sources[PREDICTION_LOG_SOURCE]
+    assert (source.topic, source.partitions, source.event_time) == ("_predictions", 3, "served_at")  # type: ignore[union-attr]
+    assert logged.views == repo.views
+    assert logged.services == repo.services
+    assert with_prediction_log(logged, partitions=3) is logged
