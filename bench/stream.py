@@ -1,6 +1,6 @@
 """Stream-path benchmark: worker throughput (exactly-once path) and freshness, next to raw consumption.
 
-    .venv/bin/python bench/stream.py [--events 200000] [--rate 10000] [--seconds 10]
+    .venv/bin/python bench/stream.py [--events 200000] [--rate 10000 2000] [--seconds 10]
 
 Uses FEATURESTREAM_KAFKA / FEATURESTREAM_REDIS when set, else starts the local
 stack (redis-server + Tansu). Prints one JSON object:
@@ -10,9 +10,9 @@ stack (redis-server + Tansu). Prints one JSON object:
   call per partition batch, event log) from the first batch to the last
   apply, next to a raw aiokafka `getmany(max_records=5000)` loop over the same
   topic in the same run (the physical limit), as a ratio;
-- freshness: a producer process publishes at `--rate` events/s with event
-  time = wall clock while the worker runs; freshness = Redis write time minus
-  event time, p50/p99 over every applied event.
+- freshness: a producer process publishes at each `--rate` events/s with
+  event time = wall clock while the worker runs; freshness = Redis write time
+  minus event time, p50/p99 over every applied event.
 """
 
 from __future__ import annotations
@@ -30,16 +30,17 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from feature_store.examples.card_fraud.data import TransactionGenerator  # noqa: E402
-from feature_store.local_stack import LocalStack  # noqa: E402
-from feature_store.online.keys import entity_key_bytes  # noqa: E402
-from feature_store.publish import EventPublisher, ensure_topics  # noqa: E402
-from streams.materializer import Materializer, MaterializerConfig  # noqa: E402
-from tests.streams.support import card_fraud_repo  # noqa: E402
+from feature_store.examples.card_fraud.data import TransactionGenerator
+from feature_store.local_stack import LocalStack
+from feature_store.online.keys import entity_key_bytes
+from feature_store.publish import EventPublisher, ensure_topics
+from streams.materializer import Materializer, MaterializerConfig
+from tests.streams.support import card_fraud_repo
 
 
 async def _fill(bootstrap: str, repo: Any, events: list[dict[str, Any]]) -> float:
@@ -78,13 +79,26 @@ def _config(bootstrap: str, redis_url: str, data_dir: Path, tag: str) -> Materia
                               group_id=f"bench-{tag}", prefix=f"bench{tag}")
 
 
+async def _script_usec(redis_url: str) -> int:
+    """Total server time Redis spent in EVALSHA so far (microseconds)."""
+    client = aioredis.from_url(redis_url)
+    try:
+        stats = await client.info("commandstats")
+        return int(stats.get("cmdstat_evalsha", {}).get("usec", 0))
+    finally:
+        await client.aclose()
+
+
 async def _throughput(bootstrap: str, redis_url: str, data_dir: Path, repo: Any, total: int) -> dict[str, Any]:
+    script_before = await _script_usec(redis_url)
     marks: list[float] = []
+    cpu: list[float] = []
     applied = [0]
 
     def on_applied(times: Any, written: int) -> None:
         if not marks:
             marks.append(time.perf_counter())
+            cpu.append(time.process_time())
         applied[0] += len(times)
 
     materializer = Materializer(_config(bootstrap, redis_url, data_dir, uuid.uuid4().hex[:6]), repo,
@@ -97,11 +111,14 @@ async def _throughput(bootstrap: str, redis_url: str, data_dir: Path, repo: Any,
         if task.done():
             task.result()
     end = time.perf_counter()
+    cpu_s = time.process_time() - (cpu[0] if cpu else 0.0)
     materializer.request_stop()
     await task
     await materializer.stop()
     start = marks[0] if marks else first_batch
-    return {"events_per_s": round(total / (end - start)), "seconds": round(end - start, 3), "applied": applied[0]}
+    script_s = (await _script_usec(redis_url) - script_before) / 1e6
+    return {"events_per_s": round(total / (end - start)), "seconds": round(end - start, 3), "applied": applied[0],
+            "redis_script_seconds": round(script_s, 3), "cpu_seconds": round(cpu_s, 3)}
 
 
 def _consumed(materializer: Materializer) -> int:
@@ -120,7 +137,7 @@ def _produce_at_rate(bootstrap: str, topic: str, rate: float, seconds: float, se
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2, acks=1)
         await producer.start()
         gen = TransactionGenerator(users=5_000, seed=3, spacing_ms=0, disorder_ms=0)
-        events = (e for e, _ in gen.events(int(rate * seconds) + 10))
+        events = (e for e, _ in gen.events(10**12))  # lazily, as many as the clock asks for
         start = time.perf_counter()
         count = 0
         tick = 0.01
@@ -188,7 +205,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         fill_rate = await _fill(bootstrap, repo, events)
         raw = await _raw_consume(bootstrap, source.topic, source.partitions, args.events)
         worker = await _throughput(bootstrap, redis_url, data_dir, repo, args.events)
-        fresh = await _freshness(bootstrap, redis_url, data_dir, args.rate, args.seconds)
+        fresh = [await _freshness(bootstrap, redis_url, data_dir, rate, args.seconds) for rate in args.rate]
         return {
             "bench": "stream",
             "cpu_count": os.cpu_count(),
@@ -200,6 +217,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "worker_events_per_s": worker["events_per_s"],
             "worker_vs_raw": round(worker["events_per_s"] / raw, 3),
             "worker_seconds": worker["seconds"],
+            "worker_redis_script_seconds": worker["redis_script_seconds"],
+            "worker_redis_script_share": round(worker["redis_script_seconds"] / worker["seconds"], 3),
+            "worker_cpu_seconds": worker["cpu_seconds"],
+            "worker_events_per_cpu_s": round(args.events / worker["cpu_seconds"]) if worker["cpu_seconds"] else None,
+            "load_average_1m": round(os.getloadavg()[0], 2),
             "freshness": fresh,
             "targets": {"worker_events_per_s": 50_000, "freshness_p99_ms": 100},
         }
@@ -208,6 +230,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--rate", type=float, default=10_000.0)
+    parser.add_argument("--rate", type=float, nargs="+", default=[10_000.0, 2_000.0],
+                        help="input rates (events/s) to measure freshness at")
     parser.add_argument("--seconds", type=float, default=10.0)
     print(orjson.dumps(asyncio.run(main(parser.parse_args())), option=orjson.OPT_INDENT_2).decode())
