@@ -37,6 +37,9 @@ __all__ = ["EventPublisher", "PublishError", "PublishResult", "ensure_topics", "
 
 log = structlog.get_logger("featurestream.publish")
 
+_Record = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
+"""(key, value, headers) of one Kafka record."""
+
 
 @dataclass(frozen=True, slots=True)
 class PublishError:
@@ -150,17 +153,17 @@ class EventPublisher:
         errors.sort(key=lambda e: e.index)
         return PublishResult(published=len(checked.valid) - len(failed), errors=errors)
 
-    async def send_raw(self, topic: str, items: Sequence[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]) -> None:
+    async def send_raw(self, topic: str, items: Sequence[_Record]) -> None:
         """Send (key, value, headers) records as they are, with the same retries (dead letters use it)."""
         await self._deliver(topic, list(items), list(range(len(items))))
 
     async def _send(self, src: StreamSource, events: Sequence[dict[str, Any]], indexes: Sequence[int]
                     ) -> list[PublishError]:
         key = src.key
-        items = [(entity_key_bytes(e[key]), orjson.dumps(e), []) for e in events]
+        items: list[_Record] = [(entity_key_bytes(e[key]), orjson.dumps(e), []) for e in events]
         return await self._deliver(src.topic, items, list(indexes))
 
-    async def _deliver(self, topic: str, items: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]],
+    async def _deliver(self, topic: str, items: list[_Record],
                        indexes: list[int]) -> list[PublishError]:
         if not items:
             return []

@@ -192,7 +192,7 @@ async def replay_dead_letters(publisher: EventPublisher, source: StreamSource, l
     errors: list[tuple[DeadLetter, str]] = [(d, "not a JSON object; export it and give a fixed event")
                                             for d, e in chosen if e is None]
     sendable = [(d, e) for d, e in chosen if e is not None]
-    result = await publisher.publish_many(source, [e for _, e in sendable])  # type: ignore[misc]
+    result = await publisher.publish_many(source, [e for _, e in sendable if e is not None])
     failed: list[PublishError] = result.errors
     errors += [(sendable[err.index][0], err.reason) for err in failed]
     return ReplayResult(read=len(letters), published=result.published, errors=errors, missing_fixes=missing)
