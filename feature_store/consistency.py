@@ -276,10 +276,10 @@ def load_served(glob: str, *, sample: int, seed: int = 0, model: str | None = No
             "DESCRIBE SELECT * FROM read_parquet(?, union_by_name := true)", [glob]).fetchall()}
         if "__status" in columns:  # logged by the worker: skip records it refused
             where.append("coalesce(__status, 'applied') <> 'invalid'")
-        con.execute(f"SELECT setseed({_seed_fraction(seed)})")
         rows = con.execute(
             f"SELECT request_id, served_at, entity_keys, features FROM read_parquet(?, union_by_name := true) "
-            f"WHERE {' AND '.join(where)} ORDER BY random() LIMIT {int(sample)}",
+            # a hash of (request id, seed) orders the sample: the same seed draws the same rows, on any threads
+            f"WHERE {' AND '.join(where)} ORDER BY hash(request_id, {int(seed)}), request_id LIMIT {int(sample)}",
             params,
         ).fetchall()
     except duckdb.Error as exc:
@@ -292,11 +292,6 @@ def load_served(glob: str, *, sample: int, seed: int = 0, model: str | None = No
         out.append(ServedRow(str(request_id), int(served_at), orjson.loads(entity_keys), orjson.loads(features)))
     out.sort(key=lambda r: (r.served_at, r.request_id))
     return out
-
-
-def _seed_fraction(seed: int) -> float:
-    """DuckDB's setseed takes a number in [-1, 1]."""
-    return (seed % 1_000_003) / 1_000_003
 
 
 # ---------------------------------------------------------------- the gauge
