@@ -52,7 +52,8 @@ from feature_store.definitions import FeatureView
 from feature_store.errors import OfflineStoreError, OnlineStoreUnavailable
 from feature_store.offline.engine import connect
 from feature_store.offline.events import STRUCT_ORDER, order_key, view_events_sql
-from feature_store.online import KeyLayout, pack_latest, pack_stats, partition_for
+from feature_store.online import KeyLayout, pack_latest, partition_for
+from feature_store.online.codec import pack_stats_many
 from feature_store.windows import DAY_MS, tile_start
 
 __all__ = ["EXPIRE_MARGIN_MS", "MaterializeReport", "materialize"]
@@ -236,28 +237,36 @@ async def _tiles(con: duckdb.DuckDBPyConnection, events: str, view: FeatureView,
     con.execute("SET threads = 1")  # float sums in one fixed order: a re-run writes identical bytes
     labels = [s.label for s in layout.stats]
     tiles = keys_written = 0
-    current: tuple[Any, Any] | None = None
-    mapping: list[Any] = []
+    current: tuple[Any, Any] | None = None  # (entity, partition) of the key being filled
+    mapping: list[Any] = []  # its HSET field/value pairs so far (a key may span record batches)
 
     async def emit() -> None:
         nonlocal keys_written
         if current is not None and mapping:
             key = key_of(partition_of(current[1], current[0]), current[0])
             writer.add("HSET", key, *mapping)
+            keys_written += 1
             if writer.add("PEXPIRE", key, expire):
                 await writer.flush()
-            keys_written += 1
 
     try:
         for cols in _batches(con, sql):
-            vectors = zip(*(cols[label] for label in labels), strict=True)
-            for entity, part, start, vector in zip(cols["__entity"], cols["__partition"], cols["__tile"], vectors,
-                                                   strict=True):
-                if current is None or current[0] != entity or current[1] != part:
+            packed = pack_stats_many(zip(*(cols[label] for label in labels), strict=True))
+            entities, parts, starts = cols["__entity"], cols["__partition"], cols["__tile"]
+            size, i = len(starts), 0
+            while i < size:  # rows come sorted by (partition, entity, tile): one run per key
+                entity, part = entities[i], parts[i]
+                j = i + 1
+                while j < size and entities[j] == entity and parts[j] == part:
+                    j += 1
+                if current != (entity, part):
                     await emit()
                     current, mapping = (entity, part), []
-                mapping += (start, pack_stats(vector))
-            tiles += len(cols["__tile"])
+                run: list[Any] = [None] * (2 * (j - i))
+                run[0::2], run[1::2] = starts[i:j], packed[i:j]
+                mapping += run
+                i = j
+            tiles += size
             if progress is not None:
                 progress(view.name, keys_written)
     finally:
