@@ -289,8 +289,7 @@ class Materializer:
                                     part.partition, batch, ingest)
                 except TransformFailed:
                     self._reject_transform_failures(src, c, indexes, part.partition, ingest)
-                    batch.tiles.clear()
-                    batch.latest.clear()
+                    batch.clear()
                     indexes = [i for i in c.applied() if i >= redis_from]
                     if indexes:
                         src.plan.writes(self._con, applied_table(source, c, indexes, part.partition, ingest),

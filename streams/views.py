@@ -9,7 +9,6 @@ entity for latest-value views. The result is a `PartitionBatch` for
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 
 import duckdb
@@ -19,7 +18,7 @@ from feature_store.aggregates import TileLayout, stat_sql, tile_layouts
 from feature_store.definitions import FeatureView, StreamSource
 from feature_store.online.codec import pack_latest, pack_stats
 from feature_store.online.keys import KeyLayout
-from feature_store.online.writer import LatestWrite, PartitionBatch, TileWrite
+from feature_store.online.writer import PartitionBatch
 from feature_store.transforms import transformed_sql
 
 __all__ = ["RELATION", "SourcePlan", "TransformFailed"]
@@ -111,6 +110,11 @@ class SourcePlan:
         self._refreshed[key] = bucket
         return True
 
+    def _add_tiles(self, batch: PartitionBatch, index: int, item: _ViewSql, partition: int, entity: object,
+                   bucket: int, tiles: list[tuple[int, bytes]]) -> None:
+        key = self._key(index, partition, entity)
+        batch.add_tiles(key, item.layout_index, item.pexpire_ms, item.keep_ms, self._refresh(key, bucket), tiles)
+
     def check(self, con: duckdb.DuckDBPyConnection, table: pa.Table) -> None:
         """Raise TransformFailed if any view's SQL fails on `table` (used to find bad rows)."""
         con.register(RELATION, table)
@@ -136,18 +140,18 @@ class SourcePlan:
                 if item.layout is None:
                     for entity, event_time, tie, seq, *values in rows:
                         key = self._key(index, partition, entity)
-                        batch.latest.append(LatestWrite(
-                            key=key, pexpire_ms=item.pexpire_ms, event_time=event_time, tie=tie, seq=seq,
-                            packed=pack_latest(event_time, tie, seq, values),
-                            refresh=item.pexpire_ms > 0 and self._refresh(key, bucket)))
+                        batch.add_latest(key, item.pexpire_ms, item.pexpire_ms > 0 and self._refresh(key, bucket),
+                                         event_time, tie, seq, pack_latest(event_time, tie, seq, values))
                     continue
-                per_entity: dict[object, list[tuple[int, bytes]]] = defaultdict(list)
-                for entity, tile, *stats in rows:
-                    per_entity[entity].append((tile, pack_stats(stats)))
-                for entity, tiles in per_entity.items():
-                    key = self._key(index, partition, entity)
-                    batch.tiles.append(TileWrite(key=key, layout=item.layout_index, pexpire_ms=item.pexpire_ms,
-                                                 keep_ms=item.keep_ms, tiles=tiles,
-                                                 refresh=self._refresh(key, bucket)))
+                current: object = None
+                tiles: list[tuple[int, bytes]] = []
+                for entity, tile, *stats in rows:  # ordered by entity, then tile
+                    if entity != current and tiles:
+                        self._add_tiles(batch, index, item, partition, current, bucket, tiles)
+                        tiles = []
+                    current = entity
+                    tiles.append((tile, pack_stats(stats)))
+                if tiles:
+                    self._add_tiles(batch, index, item, partition, current, bucket, tiles)
         finally:
             con.unregister(RELATION)

@@ -28,37 +28,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from feature_store.aggregates import NO_ORDER, TileLayout
 from feature_store.errors import OnlineStoreUnavailable
 
-__all__ = ["NO_OFFSET", "ApplyResult", "LatestWrite", "OnlineWriter", "PartitionBatch", "Position", "TileWrite"]
+__all__ = ["NO_OFFSET", "ApplyResult", "OnlineWriter", "PartitionBatch", "Position"]
 
 NO_OFFSET = -1
 """Stored offset of a partition nothing was applied from yet."""
 
 APPLY_LUA = resources.files("feature_store.online").joinpath("apply.lua").read_text()
-
-
-@dataclass(frozen=True, slots=True)
-class TileWrite:
-    """Partial stats of some tiles of one entity and hop: (tile start, packed stats) pairs."""
-
-    key: str
-    layout: int  # index into PartitionBatch.layouts
-    pexpire_ms: int
-    keep_ms: int  # tiles older than the newest one minus this are dropped
-    tiles: Sequence[tuple[int, bytes]]
-    refresh: bool = True  # push the TTL forward (always done when the script creates a tile)
-
-
-@dataclass(frozen=True, slots=True)
-class LatestWrite:
-    """The newest row of one entity in the batch, packed with `pack_latest`."""
-
-    key: str
-    pexpire_ms: int  # 0: no expiry
-    event_time: int
-    tie: int
-    seq: int
-    packed: bytes
-    refresh: bool = True  # push the TTL forward (always done when the script creates the key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +46,11 @@ class Position:
 
 @dataclass(slots=True)
 class PartitionBatch:
-    """Everything one script call writes for one partition."""
+    """Everything one script call writes for one partition.
+
+    Writes are appended as the script's items (no object per key: a batch
+    can touch tens of thousands of keys).
+    """
 
     offset_key: str
     expected_offset: int  # the stored offset this batch continues from
@@ -79,8 +58,33 @@ class PartitionBatch:
     last_offset: int
     watermark: int
     layouts: Sequence[TileLayout]
-    tiles: list[TileWrite] = field(default_factory=list)
-    latest: list[LatestWrite] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    items: list[list[Any]] = field(default_factory=list)
+
+    def add_tiles(self, key: str, layout: int, pexpire_ms: int, keep_ms: int, refresh: bool,
+                  tiles: Sequence[tuple[int, bytes]]) -> None:
+        """Partial stats of tiles of one entity and hop, merged into the stored ones.
+
+        `layout` indexes `layouts`; `pexpire_ms` 0 means no expiry; tiles older than
+        the newest one minus `keep_ms` are dropped; `refresh` pushes the TTL forward
+        (always done when the script creates a tile).
+        """
+        item: list[Any] = [1, layout + 1, pexpire_ms, keep_ms, int(refresh)]
+        for start, packed in tiles:
+            item.append(str(start))
+            item.append(packed)
+        self.keys.append(key)
+        self.items.append(item)
+
+    def add_latest(self, key: str, pexpire_ms: int, refresh: bool, event_time: int, tie: int, seq: int,
+                   packed: bytes) -> None:
+        """The newest row of one entity (packed with `pack_latest`); kept only if newer than the stored one."""
+        self.keys.append(key)
+        self.items.append([2, 0, pexpire_ms, int(refresh), event_time, tie, seq, packed])
+
+    def clear(self) -> None:
+        self.keys.clear()
+        self.items.clear()
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,22 +110,10 @@ class OnlineWriter:
 
     async def apply(self, batch: PartitionBatch) -> ApplyResult:
         """Apply `batch` unless the stored offset is not `batch.expected_offset` (then 'fenced')."""
-        keys: list[str] = [batch.offset_key]
-        items: list[list[Any]] = []
-        for tile in batch.tiles:
-            keys.append(tile.key)
-            item: list[Any] = [1, tile.layout + 1, tile.pexpire_ms, tile.keep_ms, int(tile.refresh)]
-            for start, packed in tile.tiles:
-                item.append(str(start))
-                item.append(packed)
-            items.append(item)
-        for latest in batch.latest:
-            keys.append(latest.key)
-            items.append([2, 0, latest.pexpire_ms, int(latest.refresh), latest.event_time, latest.tie, latest.seq,
-                          latest.packed])
+        keys = [batch.offset_key, *batch.keys]
         ops = msgpack.packb([_check_ops(layout) for layout in batch.layouts], use_bin_type=False)
         args = [batch.expected_offset, batch.first_offset, batch.last_offset, batch.watermark, ops,
-                msgpack.packb(items, use_bin_type=False)]  # cmsgpack reads no bin type: bytes go as raw
+                msgpack.packb(batch.items, use_bin_type=False)]  # cmsgpack reads no bin type: bytes go as raw
         try:
             status, stored = await self._script(keys=keys, args=args)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
