@@ -157,7 +157,7 @@ class Demo:
                     result = StepResult(name, "missing", _one_line(exc))
                 except Skipped as exc:
                     result = StepResult(name, "skipped", _one_line(exc))
-                except (FeatureStoreError, OSError, RuntimeError, ValueError, TimeoutError) as exc:
+                except Exception as exc:  # any step's failure is reported; the next steps degrade
                     result = StepResult(name, "failed", f"{type(exc).__name__}: {_one_line(exc)}")
         result.seconds = time.monotonic() - began
         self.report.steps.append(result)
@@ -176,6 +176,8 @@ class Demo:
                 time.sleep(0.5)
         except KeyboardInterrupt:
             self.console.print("stopping")
+        except RuntimeError as exc:  # a child died while we waited
+            self.console.print(f"[red]{_one_line(exc)}[/]; stopping")
 
     def remaining(self) -> float:
         return self._deadline - time.monotonic()
@@ -184,8 +186,9 @@ class Demo:
     def _start_stack(self) -> str:
         self._tmp = Path(tempfile.mkdtemp(prefix="featurestream-demo-"))
         data_dir = self.config.data_dir or self._tmp / "data"
-        base = load_settings()
-        self._stack = LocalStack(redis_url=base.redis, kafka_bootstrap=base.kafka).start()
+        # always a private stack: the demo writes topics, keys and offsets it assumes start empty,
+        # and must never write into the services FEATURESTREAM_KAFKA / FEATURESTREAM_REDIS point at
+        self._stack = LocalStack().start()
         self.settings = load_settings(
             redis=self._stack.redis_url, kafka=self._stack.kafka_bootstrap, data_dir=data_dir,
             registry=data_dir / "registry.db", partitions=self.repo.sources[SOURCE].partitions,
@@ -303,7 +306,7 @@ class Demo:
             "FEATURESTREAM_DATA_DIR": str(settings.data_dir), "FEATURESTREAM_REGISTRY": str(settings.registry),
             "FEATURESTREAM_PARTITIONS": str(settings.partitions),
             "FEATURESTREAM_KAFKA_SESSION_TIMEOUT_S": "6", "FEATURESTREAM_KAFKA_HEARTBEAT_S": "1",
-            "FEATURESTREAM_LOG_LEVEL": "WARNING",
+            "FEATURESTREAM_ONLINE_PREFIX": settings.online_prefix, "FEATURESTREAM_LOG_LEVEL": "WARNING",
         })
         return env
 

@@ -27,7 +27,8 @@ def demo(
 ) -> None:
     """Run the end-to-end demo: local Kafka (Tansu) + Redis, worker, API, training, predictions, consistency.
 
-    Starts everything it needs on 127.0.0.1 (nothing to install by hand),
+    Starts a private Tansu and redis-server on 127.0.0.1 (it never uses the
+    services FEATURESTREAM_KAFKA / FEATURESTREAM_REDIS point at), then
     publishes a generated card-transaction stream with a few malformed events,
     trains and registers a model on a point-in-time training set, serves live
     predictions through the HTTP API, streams labels back and checks that the
