@@ -10,10 +10,13 @@ redis-server is started (and stopped) for the run.
 - latest: the 8-field latest view (one SET ... PX per entity), state at the
   end of the data; limits measured in the same run: the same SETs (same
   keys, values, PX) through a redis-py pipeline in the same 10k chunks, and
-  as pre-encoded RESP bytes on one raw socket (the wire limit);
+  as pre-encoded RESP bytes on one raw socket (the wire limit); the compute
+  limit is a bare DuckDB GROUP BY with arg_max over the same files;
 - windowed: 3 aggregations in 2 hops (1 h, 1 d) over the last day plus the
   longest window (30 d): one HSET of all tiles + PEXPIRE per key; limits:
-  the same HSET/PEXPIRE bytes through a redis-py pipeline and a raw socket.
+  the same HSET/PEXPIRE bytes through a redis-py pipeline and a raw socket;
+  compute limit: bare DuckDB GROUP BY (user, tile) with count/sum over the
+  same rows. `ratio_to_duckdb_plus_socket` compares with both limits added.
 """
 
 from __future__ import annotations
@@ -79,6 +82,27 @@ async def _raw_pipeline(client: Any, commands: list[tuple[Any, ...]], chunk: int
     return time.perf_counter() - started
 
 
+def _raw_duckdb(data_dir: Path, name: str, end: int) -> float:
+    """The compute limit: a bare DuckDB GROUP BY over the same files (no tie order, no as-served rule)."""
+    from feature_store.offline.engine import connect
+
+    files = f"read_parquet('{data_dir}/sources/bench_events/*.parquet')"
+    if name == "latest":
+        picks = ", ".join(f"arg_max(f{i}, ts)" for i in range(8))
+        sql = f"SELECT user_id, max(ts), {picks} FROM {files} WHERE ts <= {end} GROUP BY user_id"
+    else:
+        sql = (f"SELECT user_id, ts // {DAY} AS tile, count(*), sum(f0), count(f1), sum(f1), max(ts) FROM {files} "
+               f"WHERE ts <= {end} AND ts >= {end - 31 * DAY} GROUP BY ALL "
+               f"UNION ALL SELECT user_id, ts // {DAY // 24} AS tile, count(*), sum(f0), count(f0), sum(f0), max(ts) "
+               f"FROM {files} WHERE ts <= {end} AND ts >= {end - 8 * DAY} GROUP BY ALL")
+    con = connect(data_dir)
+    started = time.perf_counter()
+    con.sql(sql).to_arrow_table()
+    seconds = time.perf_counter() - started
+    con.close()
+    return seconds
+
+
 async def _snapshot(client: Any, prefix: str) -> tuple[list[tuple[Any, ...]], int]:
     """The commands that rewrite every key under `prefix` exactly (SET+PX, or HSET all fields + PEXPIRE)."""
     commands: list[tuple[Any, ...]] = []
@@ -138,6 +162,9 @@ async def run(args: argparse.Namespace, url: str) -> dict[str, Any]:
             "ratio_to_redis_py_pipeline": round(report.seconds / pipeline_s, 2),
             "ratio_to_raw_socket": round(report.seconds / socket_s, 2),
         }
+        duck_s = _raw_duckdb(args.dir, name, end)
+        figures["raw_duckdb_group_by_s"] = round(duck_s, 3)
+        figures["ratio_to_duckdb_plus_socket"] = round(report.seconds / (duck_s + socket_s), 2)
         if name == "latest":
             figures["source_rows_per_s"] = round(args.events / report.seconds)
             figures["keys_per_s"] = round(report.keys / report.seconds)
