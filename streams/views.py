@@ -44,7 +44,8 @@ class _ViewSql:
     layout_index: int
     sql: str
     pexpire_ms: int  # 0: no expiry
-    keep_ms: int
+    keep_ms: int  # tiles older than a pruning tile minus this are unreachable
+    period_ms: int  # creating a tile at a multiple of this prunes (about 4 times per keep)
     refresh_ms: int  # how often a written key's TTL is pushed forward
 
 
@@ -79,9 +80,12 @@ class SourcePlan:
                     sql = (f"SELECT {entity} AS __entity, __event_time - __event_time % {hop} AS __tile, "
                            f"{', '.join(stat_sql(layout))} FROM {rows} WHERE {entity} IS NOT NULL "
                            f"GROUP BY 1, 2 ORDER BY 1, 2")
-                    keep = layout.max_window_ms + hop
+                    # reads at t reach back window - hop from t's tile; events (hence tiles) may lead the
+                    # clock by the future tolerance
+                    keep = layout.max_window_ms + hop + source.future_tolerance_ms
+                    period = max(1, keep // hop // 4) * hop
                     pexpire, refresh = _ttl(keep + TTL_MARGIN_MS)
-                    self._sql.append(_ViewSql(view, layout, len(self.layouts), sql, pexpire, keep, refresh))
+                    self._sql.append(_ViewSql(view, layout, len(self.layouts), sql, pexpire, keep, period, refresh))
                     self.layouts.append(layout)
             else:
                 fields = "".join(f', "{f}"' for f in view.fields)
@@ -90,7 +94,7 @@ class SourcePlan:
                        f"ORDER BY __event_time DESC, __tie DESC, __seq DESC) = 1")
                 ttl = view.ttl_ms
                 pexpire, refresh = (0, 1) if ttl is None else _ttl(ttl + TTL_MARGIN_MS)
-                self._sql.append(_ViewSql(view, None, -1, sql, pexpire, 0, refresh))
+                self._sql.append(_ViewSql(view, None, -1, sql, pexpire, 0, 0, refresh))
 
     def _key(self, index: int, partition: int, entity: object) -> str:
         """`KeyLayout.state_key`, with the parts around the entity computed once per view and partition."""
@@ -113,7 +117,8 @@ class SourcePlan:
     def _add_tiles(self, batch: PartitionBatch, index: int, item: _ViewSql, partition: int, entity: object,
                    bucket: int, tiles: list[tuple[int, bytes]]) -> None:
         key = self._key(index, partition, entity)
-        batch.add_tiles(key, item.layout_index, item.pexpire_ms, item.keep_ms, self._refresh(key, bucket), tiles)
+        batch.add_tiles(key, item.layout_index, item.pexpire_ms, item.keep_ms, item.period_ms,
+                        self._refresh(key, bucket), tiles)
 
     def check(self, con: duckdb.DuckDBPyConnection, table: pa.Table) -> None:
         """Raise TransformFailed if any view's SQL fails on `table` (used to find bad rows)."""

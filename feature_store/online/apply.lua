@@ -8,7 +8,7 @@
 -- ARGV[4]        partition watermark after the batch (event time ms), stored on success
 -- ARGV[5]        msgpack list of merge-op lists, one per tile layout (TileLayout.ops)
 -- ARGV[6]        msgpack list of items, item i for KEYS[i + 1]:
---                  tiles:  {1, layout, pexpire_ms, keep_ms, refresh, tile_start, packed_stats, ...}
+--                  tiles:  {1, layout, pexpire_ms, keep_ms, refresh, period_ms, tile_start, packed_stats, ...}
 --                  latest: {2, 0, pexpire_ms, refresh, event_time, tie, seq, packed_value}
 --                pexpire_ms 0: no expiry; the TTL is set when refresh is 1 or the script creates the
 --                key/tile (the writer refreshes each key at most once per interval: PEXPIRE is costly)
@@ -76,32 +76,26 @@ for index, item in ipairs(cmsgpack.unpack(ARGV[6])) do
   local pexpire = item[3]
   if item[1] == 1 then
     local ops = layouts[item[2]]
-    local created = false
-    for j = 6, #item, 2 do
+    local keep, period = item[4], item[6]
+    local created, prune_at = false, nil
+    for j = 7, #item, 2 do
       local field, packed = item[j], item[j + 1]
       local cur = redis.call('HGET', key, field)
       if cur then
         packed = cmsgpack.pack(merge(ops, cmsgpack.unpack(cur), cmsgpack.unpack(packed)))
       else
         created = true
+        local start = tonumber(field)
+        if period > 0 and start % period == 0 and (prune_at == nil or start > prune_at) then prune_at = start end
       end
       redis.call('HSET', key, field, packed)
     end
-    -- a new tile: drop tiles no read can reach any more (older than the newest tile - keep_ms).
-    -- Done on every batch that creates a tile, so the kept set is {tile >= newest - keep} however
-    -- the events were batched (a count threshold would make it depend on batch boundaries).
-    local keep = item[4]
-    if created and keep > 0 then
-      local fields = redis.call('HKEYS', key)
-      if #fields > 1 then
-        local newest = nil
-        for _, f in ipairs(fields) do
-          local v = tonumber(f)
-          if newest == nil or v > newest then newest = v end
-        end
-        for _, f in ipairs(fields) do
-          if tonumber(f) < newest - keep then redis.call('HDEL', key, f) end
-        end
+    -- creating a tile at a multiple of `period` drops the tiles no read can reach from there on
+    -- (older than it minus keep_ms). Keyed to the created tile, not to what the hash holds, the
+    -- kept set is the same however the events were batched (so replays after a crash agree).
+    if prune_at then
+      for _, f in ipairs(redis.call('HKEYS', key)) do
+        if tonumber(f) < prune_at - keep then redis.call('HDEL', key, f) end
       end
     end
     if pexpire > 0 and (created or item[5] == 1) then redis.call('PEXPIRE', key, pexpire) end

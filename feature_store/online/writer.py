@@ -61,15 +61,15 @@ class PartitionBatch:
     keys: list[str] = field(default_factory=list)
     items: list[list[Any]] = field(default_factory=list)
 
-    def add_tiles(self, key: str, layout: int, pexpire_ms: int, keep_ms: int, refresh: bool,
+    def add_tiles(self, key: str, layout: int, pexpire_ms: int, keep_ms: int, period_ms: int, refresh: bool,
                   tiles: Sequence[tuple[int, bytes]]) -> None:
         """Partial stats of tiles of one entity and hop, merged into the stored ones.
 
-        `layout` indexes `layouts`; `pexpire_ms` 0 means no expiry; tiles older than
-        the newest one minus `keep_ms` are dropped; `refresh` pushes the TTL forward
-        (always done when the script creates a tile).
+        `layout` indexes `layouts`; `pexpire_ms` 0 means no expiry; creating a tile
+        whose start is a multiple of `period_ms` drops the tiles older than it minus
+        `keep_ms`; `refresh` pushes the TTL forward (always done when a tile is created).
         """
-        item: list[Any] = [1, layout + 1, pexpire_ms, keep_ms, int(refresh)]
+        item: list[Any] = [1, layout + 1, pexpire_ms, keep_ms, int(refresh), period_ms]
         for start, packed in tiles:
             item.append(str(start))
             item.append(packed)
