@@ -200,7 +200,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         data_dir = Path(tmp)
         repo = card_fraud_repo(f"bench-{uuid.uuid4().hex[:6]}")
         source = repo.sources["transactions"]
-        gen = TransactionGenerator(users=10_000, merchants=1_000, seed=1)
+        gen = TransactionGenerator(users=args.users, merchants=args.merchants, seed=1)
         events = [e for e, _ in gen.events(args.events)]
         fill_rate = await _fill(bootstrap, repo, events)
         raw = await _raw_consume(bootstrap, source.topic, source.partitions, args.events)
@@ -210,6 +210,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "bench": "stream",
             "cpu_count": os.cpu_count(),
             "events": args.events,
+            "users": args.users,
+            "merchants": args.merchants,
             "partitions": source.partitions,
             "views": sorted(repo.views),
             "publish_events_per_s": round(fill_rate),
@@ -233,4 +235,6 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=float, nargs="+", default=[10_000.0, 2_000.0],
                         help="input rates (events/s) to measure freshness at")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--users", type=int, default=10_000, help="entity cardinality of the throughput stream")
+    parser.add_argument("--merchants", type=int, default=1_000)
     print(orjson.dumps(asyncio.run(main(parser.parse_args())), option=orjson.OPT_INDENT_2).decode())
