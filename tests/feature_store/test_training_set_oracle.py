@@ -4,7 +4,8 @@ Random timestamps with ties and exact tile boundaries, ingest delays (also
 ingest before event time), late and invalid log rows, nulls, several
 entities plus one without events, every aggregation function, several
 (hop, window) combos, both sources kinds, as served and event-time only.
-`HYPOTHESIS_PROFILE=thorough` runs ten times more examples.
+`HYPOTHESIS_PROFILE=thorough` runs ten times more examples. The default
+run checks ~2,000 random (entity, t) rows, each against every feature.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from tests.feature_store.offline_cases import (
 )
 from tests.oracle import Event, close, feature_values, write_log
 
-settings.register_profile("thorough", max_examples=2000, deadline=None)
 _SCALE = 10 if os.environ.get("HYPOTHESIS_PROFILE") == "thorough" else 1
 ENTITIES = ["a", "b", "c"]
 HOPS = [10, 25, 40]
@@ -71,7 +71,7 @@ def _check(view: Any, events: list[Event], data_dir: Path, row_list: list[tuple[
             assert close(got[f"{view.name}__{feature}"], value), (feature, entity, t, got, expected)
 
 
-@settings(max_examples=150 * _SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120 * _SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(combos=st.lists(combo, min_size=1, max_size=3, unique=True), raw=st.lists(log_row, max_size=40), rows=rows,
        ignore=st.booleans())
 def test_windowed_log_equals_oracle(combos: list[tuple[int, int]], raw: list[Any], rows: list[tuple[str, int]],
@@ -82,7 +82,7 @@ def test_windowed_log_equals_oracle(combos: list[tuple[int, int]], raw: list[Any
         _check(windowed_view(stream_source(), combos), events, data_dir, rows, ignore)
 
 
-@settings(max_examples=150 * _SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120 * _SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ttl=st.one_of(st.none(), st.integers(1, 120)), raw=st.lists(log_row, max_size=40), rows=rows,
        ignore=st.booleans())
 def test_latest_log_equals_oracle(ttl: int | None, raw: list[Any], rows: list[tuple[str, int]], ignore: bool) -> None:
@@ -92,7 +92,7 @@ def test_latest_log_equals_oracle(ttl: int | None, raw: list[Any], rows: list[tu
         _check(latest_view(stream_source(), ttl), events, data_dir, rows, ignore)
 
 
-@settings(max_examples=100 * _SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80 * _SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(combos=st.lists(combo, min_size=1, max_size=2, unique=True), ttl=st.one_of(st.none(), st.integers(1, 120)),
        raw=st.lists(batch_row, max_size=40), rows=rows, ignore=st.booleans())
 def test_batch_source_equals_oracle(combos: list[tuple[int, int]], ttl: int | None, raw: list[Any],
