@@ -59,6 +59,7 @@ class MaterializerConfig:
     heartbeat_interval_ms: int = 1_000
     max_records: int = 5_000
     poll_timeout_ms: int = 100
+    fetch_max_wait_ms: int = 20  # how long the broker may hold a fetch for data: freshness floor
     log_max_rows: int = 100_000
     log_max_age_s: float = 5.0
 
@@ -146,6 +147,7 @@ class Materializer:
             bootstrap_servers=c.bootstrap, group_id=c.group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", session_timeout_ms=c.session_timeout_ms,
             heartbeat_interval_ms=c.heartbeat_interval_ms, max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_wait_ms=c.fetch_max_wait_ms,
         )
         self._consumer.subscribe(self.topics, listener=_Listener(self))
         await self._consumer.start()
@@ -196,8 +198,17 @@ class Materializer:
         assert self._writer is not None
         assert self._consumer is not None
         tps = [tp for tp in tps if tp.topic in self._sources]
-        stored = await self._writer.positions([
-            self.keys.offset_key(self._sources[tp.topic].source, tp.partition) for tp in tps])
+        keys = [self.keys.offset_key(self._sources[tp.topic].source, tp.partition) for tp in tps]
+        for attempt in range(1_000_000):  # without positions nothing may be consumed: wait for Redis
+            try:
+                stored = await self._writer.positions(keys)
+                break
+            except OnlineStoreUnavailable as exc:
+                if self._stopping.is_set():
+                    raise
+                log.warning("online store unavailable; cannot resume partitions yet", error=str(exc),
+                            attempt=attempt)
+                await asyncio.sleep(_RETRY_S[min(attempt, len(_RETRY_S) - 1)])
         for tp, position in zip(tps, stored, strict=True):
             source = self._sources[tp.topic]
             logged = source.log.open_partition(tp.partition)
