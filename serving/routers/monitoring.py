@@ -124,9 +124,10 @@ class _Collector:
         yield from (psi, ks, nulls, status, drifts, perf)
 
 
-async def _refresh(state: ServingState, collector: _Collector) -> None:
-    while True:
-        with contextlib.suppress(Exception):  # Redis down: keep the last figures, try again later
+async def _refresh(state: ServingState, collector: _Collector, stop: asyncio.Event) -> None:
+    """Re-read reports and live counters every few seconds; a dead Redis keeps the last figures."""
+    while not stop.is_set():
+        try:
             names = sorted(set(state.repo.services) | set(await run_in_threadpool(state.models.names)))
             for name in names:
                 report = await _report(state, name)
@@ -134,7 +135,10 @@ async def _refresh(state: ServingState, collector: _Collector) -> None:
                     collector.reports[name] = report
             for model in await run_in_threadpool(state.models.names):
                 collector.live[model] = await read_live(_redis(state), _keys(state), model)
-        await asyncio.sleep(_REFRESH_S)
+        except Exception:  # Redis down or a registry being written: try again next round
+            pass
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=_REFRESH_S)
 
 
 @asynccontextmanager
@@ -142,13 +146,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServingState = app.state.serving
     collector = _Collector()
     state.metrics.registry.register(collector)  # a duck-typed prometheus collector
-    task = asyncio.create_task(_refresh(state, collector), name="monitoring-refresh")
+    stop = asyncio.Event()
+    task = asyncio.create_task(_refresh(state, collector, stop), name="monitoring-refresh")
     try:
         yield
     finally:
+        stop.set()  # ends the loop even if a client library swallowed the cancellation
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        await asyncio.wait({task}, timeout=2.0)
         with contextlib.suppress(KeyError):
             state.metrics.registry.unregister(collector)
 
