@@ -25,9 +25,12 @@ async def redis_state(redis: aioredis.Redis, prefix: str, repo: FeatureRepo) -> 
             tie_free[(view.name, f"h{format_ms(layout.hop_ms)}")] = [i for i in range(len(layout.stats))
                                                                       if i not in drop]
     state: dict[str, Any] = {}
+    tags = tuple(f"{{{name}:" for name in repo.sources)
     async for raw in redis.scan_iter(match=f"{prefix}:*", count=1000):
         key = raw.decode()
         rest = key[len(prefix) + 1:]
+        if not any(tag in key for tag in tags):  # not this repo's state: e.g. the shared _predictions/_labels flows
+            continue
         if key.endswith(":offset"):
             state[rest] = {k.decode(): int(float(v)) for k, v in (await redis.hgetall(key)).items()}
         elif key.endswith(":latest"):
