@@ -74,6 +74,7 @@ class _Partition:
     redis_offset: int  # last offset applied to Redis (by anyone, as far as we know)
     watermark: int  # after next_offset - 1
     gap_checked: bool = False  # a gap after a seek was re-checked once (a true gap, not a stale fetch)
+    reset_warned: bool = False
 
 
 @dataclass
@@ -392,6 +393,11 @@ class Materializer:
             return
         for tp, part in list(self._parts.items()):
             highwater = self._consumer.highwater(tp)
+            if highwater is not None and highwater <= part.redis_offset and not part.reset_warned:
+                part.reset_warned = True  # e.g. a broker with memory storage restarted under a kept Redis
+                log.error("the topic ends before the stored offset: it was recreated; events up to the stored "
+                          "offset are skipped. Use a new FEATURESTREAM_ONLINE_PREFIX (or flush the old keys)",
+                          topic=tp.topic, partition=tp.partition, highwater=highwater, stored=part.redis_offset)
             if highwater is not None:
                 self.metrics.lag.labels(part.source.source.name, str(tp.partition)).set(
                     max(0, highwater - part.next_offset))
