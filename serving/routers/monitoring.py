@@ -68,7 +68,7 @@ def _approvals(state: ServingState) -> Approvals:
 
 
 def _keys(state: ServingState) -> LiveKeys:
-    return LiveKeys(state.config.key_prefix)
+    return LiveKeys(state.config.key_prefix or state.settings.online_prefix)  # the worker writes under the same
 
 
 def _redis(state: ServingState) -> Any:
