@@ -36,7 +36,7 @@ class WorkerOptions:
     group_id: str = "featurestream-worker"
     prefix: str = "fs"
     metrics_port: int = 0  # 0: no HTTP endpoint
-    max_records: int = 5_000
+    max_records: int = 20_000
     log_max_rows: int = 100_000
     log_max_age_s: float = 5.0
 

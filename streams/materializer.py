@@ -57,7 +57,7 @@ class MaterializerConfig:
     prefix: str = "fs"
     session_timeout_ms: int = 6_000
     heartbeat_interval_ms: int = 1_000
-    max_records: int = 5_000
+    max_records: int = 20_000  # per fetch, across partitions: a backlog then feeds every partition at once
     poll_timeout_ms: int = 100
     fetch_max_wait_ms: int = 20  # how long the broker may hold a fetch for data: freshness floor
     log_max_rows: int = 100_000

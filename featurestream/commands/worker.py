@@ -33,7 +33,7 @@ def worker(
         int | None,
         typer.Option(envvar="FEATURESTREAM_WORKER_METRICS_PORT", help="Serve Prometheus /metrics on this port."),
     ] = None,
-    max_records: Annotated[int, typer.Option(help="Records per fetch (micro-batch size across partitions).")] = 5_000,
+    max_records: Annotated[int, typer.Option(help="Records per fetch (micro-batches across partitions).")] = 20_000,
     log_roll_rows: Annotated[int, typer.Option(help="Roll an event-log file after this many rows.")] = 100_000,
     log_roll_seconds: Annotated[float, typer.Option(help="Roll an event-log file after this many seconds.")] = 5.0,
 ) -> None:
