@@ -164,12 +164,13 @@ class LabelJoiner:
         await self._count(checked.get("model") or "*", "pending")
         return JoinOutcome(outcome="pending", reason="no prediction for this label yet")
 
-    async def _try_join(self, label: Mapping[str, Any], *, source: str, offset: int | None) -> JoinOutcome | None:
+    async def _try_join(self, label: Mapping[str, Any], *, source: str, offset: int | None,
+                        marker: str | None = None) -> JoinOutcome | None:
         record = await self._find(label)
         if record is None:
             return None
         model, rid = str(record["model"]), str(record["request_id"])
-        marker = f"{source}:{offset}" if offset is not None else f"{source}:late:{label['event_time']}"
+        marker = marker or f"{source}:{offset}"  # what identifies this label: a replay carries the same
         fresh = await self.redis.set(self.keys.seen(model, rid), marker, nx=True,
                                      px=int(self.config.retention_s * 1000))
         replay = False
@@ -217,7 +218,7 @@ class LabelJoiner:
                 continue
             parked = orjson.loads(raw)
             label, source = parked["label"], parked["source"]
-            outcome = await self._try_join(label, source=source, offset=None)
+            outcome = await self._try_join(label, source=source, offset=None, marker=f"pending:{label_id}")
             if outcome is None and now < deadline:
                 continue
             async with self.redis.pipeline(transaction=False) as pipe:
