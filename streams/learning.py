@@ -28,8 +28,8 @@ import orjson
 import structlog
 
 from feature_store.errors import FeatureStoreError, UnknownFeatureError
-from feature_store.models import LoadedModel, ModelRegistry, ModelVersion
-from feature_store.training import Approvals, OnlineLearner, RunStore, TrainingRun, code_version
+from feature_store.models import LoadedModel, ModelRegistry, ModelVersion, load_model
+from feature_store.training import AcceptanceGate, Approvals, OnlineLearner, RunStore, TrainingRun, code_version
 from feature_store.training.live import LiveKeys
 
 if TYPE_CHECKING:
@@ -56,6 +56,7 @@ class OnlineTrainer:
         self.retrain_after = retrain_after
         self.learners: dict[str, OnlineLearner] = {}
         self._bases: dict[str, ModelVersion] = {}
+        self._baselines: dict[str, LoadedModel | None] = {}  # model -> its declared baseline (gate for snapshots)
         self._missing: dict[str, float] = {}  # model -> when we last found it not online
         self._reasons: dict[str, str] = {}  # model -> why the next snapshot is taken (e.g. a drift alert)
 
@@ -91,15 +92,38 @@ class OnlineTrainer:
             self._missing[model] = time.monotonic()
             return None
         self.learners[model], self._bases[model] = restored
+        self._baselines[model] = await asyncio.to_thread(self._baseline, restored[1])
         return restored[0]
+
+    def _baseline(self, base: ModelVersion) -> LoadedModel | None:
+        """The baseline declared with the model (`params["baseline"]`, else its fallback): a rule or NAME@VERSION."""
+        ref = base.params.get("baseline") or base.fallback
+        if not isinstance(ref, str) or not ref:
+            return None
+        try:
+            if "@" in ref:
+                name, _, version = ref.partition("@")
+                return self.registry.load(self.registry.get(name, int(version)))
+            return load_model("rule", ref.encode())
+        except (FeatureStoreError, ValueError) as exc:
+            log.warning("baseline_unusable", model=base.name, baseline=ref, error=type(exc).__name__)
+            return None
 
     async def on_joined(self, joined: JoinedLabel) -> float | None:
         """Learn one joined pair; returns the prediction made before learning (None: skipped or not online)."""
         learner = await self.learner(joined.model)
         if learner is None:
             return None
+        baseline = self._baselines.get(joined.model)
+        base_score = None
+        if baseline is not None:
+            try:
+                base_score = baseline.predict([joined.features])[0]
+            except Exception:  # a baseline failing on these inputs scores as "no answer"
+                base_score = None
+            base_score = (0.5 if learner.task == "binary" else 0.0) if base_score is None else base_score
         prediction = learner.learn(joined.features, joined.label, source=joined.source if joined.offset is not None
-                                   else "", offset=joined.offset, event_time=joined.event_time)
+                                   else "", offset=joined.offset, event_time=joined.event_time, baseline=base_score)
         if prediction is None:
             return None
         if learner.labels_seen % self.publish_every == 0:
@@ -117,8 +141,13 @@ class OnlineTrainer:
         learner.since_snapshot = max(learner.since_snapshot, learner.snapshot_every - wait)
         self._reasons[model] = reason
 
-    async def snapshot(self, model: str) -> ModelVersion:
-        """Register the learner as a new version with lineage, and record the run."""
+    async def snapshot(self, model: str) -> ModelVersion | None:
+        """Gate the learner against its baseline; register it as a new version with lineage; record the run.
+
+        The gate compares the learner's progressive metrics with the baseline's on the same window of
+        labels (predict-before-learn makes them holdout figures). A rejected snapshot is recorded with
+        the reason and not registered, so it can never be served.
+        """
         learner = self.learners[model]
         base = self._bases[model]
         started = time.time()
@@ -127,6 +156,23 @@ class OnlineTrainer:
         reason = self._reasons.pop(model, f"every {learner.snapshot_every} labels")
         offsets = ",".join(f"{k}@{a}-{b}" for k, (a, b) in lineage["label_offsets"].items())
         event_range = lineage["event_range"]
+        baseline_metrics = learner.baseline_metrics()
+        if self._baselines.get(model) is not None and baseline_metrics:
+            gate = AcceptanceGate(primary="roc_auc" if learner.task == "binary" else "mae")
+            decision = gate.decide(learner.rolling_metrics(), baseline_metrics)
+            if not decision.accepted:
+                learner.since_snapshot = 0  # try again after another `snapshot_every` labels
+                await asyncio.to_thread(self.runs.record, TrainingRun(
+                    model=model, kind="online_snapshot", status="rejected", reason=f"{reason}; {decision.reason}",
+                    params={"snapshot_every": learner.snapshot_every, "window": learner.window}, metrics=metrics,
+                    baseline_metrics=baseline_metrics, feature_service=base.feature_service,
+                    service_fingerprint=base.service_fingerprint, features=tuple(base.features),
+                    data_refs={"label_offsets": lineage["label_offsets"], "parent_version": lineage["parent_version"]},
+                    time_range=tuple(event_range) if event_range else None, code_version=code_version(),
+                    started_at=int(started * 1000), duration_s=time.time() - started))
+                log.info("learner_snapshot_rejected", model=model, reason=decision.reason)
+                return None
+            reason = f"{reason}; {decision.reason}"
         version = await asyncio.to_thread(
             self.registry.register, model, learner, flavor="river", feature_service=base.feature_service,
             service_fingerprint=base.service_fingerprint, features=base.features, metrics=metrics,
@@ -139,8 +185,9 @@ class OnlineTrainer:
         learner.mark_snapshot(version.version)
         self._bases[model] = version
         await asyncio.to_thread(self.runs.record, TrainingRun(
-            model=model, kind="online_snapshot", status="recorded", reason=reason,
+            model=model, kind="online_snapshot", status="accepted" if baseline_metrics else "recorded", reason=reason,
             params={"snapshot_every": learner.snapshot_every, "window": learner.window}, metrics=metrics,
+            baseline_metrics=baseline_metrics,
             feature_service=base.feature_service, service_fingerprint=base.service_fingerprint,
             features=tuple(base.features), data_refs={"label_offsets": lineage["label_offsets"],
                                                       "parent_version": lineage["parent_version"]},

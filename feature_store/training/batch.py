@@ -145,6 +145,7 @@ def train_model(
     refs = {"training_set": training_set_ref, "rows": table.num_rows, "train_rows": cut,
             "holdout_rows": table.num_rows - cut, "baseline": baseline_ref}
     all_params = {"flavor": flavor, "task": task, "holdout_fraction": holdout_fraction, "label": label,
+                  "baseline": baseline_ref,
                   **dict(params or {})}
     version = None
     if decision.accepted:

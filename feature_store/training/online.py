@@ -50,6 +50,7 @@ class OnlineLearner:
         self.snapshot_offsets: dict[str, list[int]] = {}  # "topic:partition" -> [first, last] since last snapshot
         self.event_range: list[int] | None = None  # [min, max] label event_time since last snapshot
         self.history: deque[tuple[int, float]] = deque(maxlen=1000)  # (labels_seen, rolling primary metric)
+        self.baseline_recent: deque[tuple[float, float]] = deque(maxlen=window)  # (label, baseline's score)
 
     # -- the river interface, so a snapshot artifact predicts like its model
     def predict_proba_one(self, x: Mapping[str, Any]) -> dict[Any, float]:
@@ -73,8 +74,12 @@ class OnlineLearner:
         self.learn(x, float(y))
 
     def learn(self, x: Mapping[str, Any], label: float, *, source: str = "", offset: int | None = None,
-              event_time: int | None = None) -> float | None:
-        """Predict, score, learn one pair; None (nothing learned) when `offset` of `source` was learned before."""
+              event_time: int | None = None, baseline: float | None = None) -> float | None:
+        """Predict, score, learn one pair; None (nothing learned) when `offset` of `source` was learned before.
+
+        `baseline` is the declared baseline's score for the same input: kept over the same window, so a
+        snapshot can be gated against the baseline on exactly the labels the learner was judged on.
+        """
         if offset is not None and source:
             if offset <= self.offsets.get(source, -1):
                 return None
@@ -88,6 +93,8 @@ class OnlineLearner:
         prediction = self.score(clean)
         y = float(label)
         self.recent.append((y, prediction))
+        if baseline is not None:
+            self.baseline_recent.append((y, float(baseline)))
         if self.task == "binary":
             p = min(max(prediction, 1e-15), 1 - 1e-15)
             self._loss_sum -= math.log(p) if y >= 0.5 else math.log(1 - p)
@@ -110,6 +117,13 @@ class OnlineLearner:
         if not self.recent:
             return {}
         labels, scores = zip(*self.recent, strict=True)
+        return evaluate(list(labels), list(scores), self.task)
+
+    def baseline_metrics(self) -> dict[str, float]:
+        """The baseline's metrics over the labels of the current window that it scored."""
+        if not self.baseline_recent:
+            return {}
+        labels, scores = zip(*self.baseline_recent, strict=True)
         return evaluate(list(labels), list(scores), self.task)
 
     def metrics(self) -> dict[str, float]:

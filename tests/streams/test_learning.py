@@ -144,3 +144,21 @@ async def test_monitoring_report_and_drift_triggered_snapshot(settings: Settings
     assert "alert" in snapshots[0].description
     assert "alert" in RunStore.from_settings(settings).list("fraud")[0].reason
     await flows.stop()
+
+
+async def test_snapshot_that_does_not_beat_the_baseline_is_rejected(settings: Settings, config: FlowConfig) -> None:
+    registry = ModelRegistry.from_settings(settings)
+    model = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+    # the declared baseline ranks by `ratio` itself: a fresh learner judged on its first labels cannot beat it
+    registry.register("fraud", model, flavor="river", features=["ratio", "foreign"],
+                      params={"online": True, "baseline": "ratio"})
+    flows = LabelFlows(settings, config)
+    await _feed(flows, fraud_rows(100, seed=31))
+    assert [v.version for v in registry.list("fraud")] == [1]  # nothing registered, so nothing can be served
+    run = RunStore.from_settings(settings).list("fraud")[0]
+    assert run.status == "rejected"
+    assert "does not beat the baseline" in run.reason
+    assert run.baseline_metrics["roc_auc"] > run.metrics["rolling_roc_auc"]
+    assert run.model_version is None
+    assert flows.trainer.learners["fraud"].since_snapshot == 0  # next try after another `snapshot_every` labels
+    await flows.stop()

@@ -161,8 +161,9 @@ def test_concept_drift_adapt_promote_rollback(e2e_settings: Settings, unique: st
             # the learner snapshotted (drift-triggered and periodic) as new staging versions
             versions = client.get(f"/v1/models/{MODEL}", headers={"X-API-Key": APP}).json()["versions"]
             snapshots = [v for v in versions if v["params"].get("snapshot")]
-            assert snapshots, versions
-            assert any("alert" in v["description"] for v in snapshots)
+            assert snapshots, versions  # gated against the declared baseline before registration
+            runs = client.get("/v1/runs", params={"model": MODEL}, headers={"X-API-Key": APP}).json()["runs"]
+            assert any(r["kind"] == "online_snapshot" and "alert" in r["reason"] for r in runs), runs
             challenger = snapshots[-1]["version"]
             assert snapshots[-1]["params"]["label_offsets"]
 
