@@ -12,7 +12,8 @@ stack (redis-server + Tansu). Prints one JSON object:
   topic in the same run (the physical limit), as a ratio;
 - freshness: a producer process publishes at each `--rate` events/s with
   event time = wall clock while the worker runs; freshness = Redis write time
-  minus event time, p50/p99 over every applied event.
+  minus event time, p50/p99 over every applied event; next to it, the same
+  producer read by a bare aiokafka consumer (produce -> consume latency).
 """
 
 from __future__ import annotations
@@ -192,6 +193,37 @@ async def _freshness(bootstrap: str, redis_url: str, data_dir: Path, rate: float
             "mean_ms": round(statistics.fmean(ordered), 2) if ordered else None}
 
 
+async def _raw_latency(bootstrap: str, rate: float, seconds: float) -> dict[str, Any]:
+    """The same producer at the same rate, read by a bare aiokafka consumer: the freshness floor here."""
+    repo = card_fraud_repo(f"bench-raw-{uuid.uuid4().hex[:6]}")
+    source = repo.sources["transactions"]
+    await ensure_topics(bootstrap, repo)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20)
+    await consumer.start()
+    samples: list[int] = []
+    try:
+        tps = [TopicPartition(source.topic, p) for p in range(source.partitions)]
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, 0)
+        ctx = multiprocessing.get_context("spawn")
+        sent = ctx.Value("q", 0)
+        producer = ctx.Process(target=_produce_at_rate, args=(bootstrap, source.topic, rate, seconds, sent))
+        producer.start()
+        while producer.is_alive() or len(samples) < sent.value:
+            batches = await consumer.getmany(timeout_ms=50)
+            now = time.time_ns() // 1_000_000
+            samples.extend(now - orjson.loads(r.value)["ts"] for rs in batches.values() for r in rs)
+            if not producer.is_alive() and not batches:
+                break
+    finally:
+        await consumer.stop()
+    ordered = sorted(samples)
+    return {"input_rate_target": rate, "events": len(ordered),
+            "p50_ms": float(ordered[len(ordered) // 2]) if ordered else None,
+            "p99_ms": float(ordered[int(0.99 * len(ordered))]) if ordered else None}
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     bootstrap = os.environ.get("FEATURESTREAM_KAFKA")
     redis_url = os.environ.get("FEATURESTREAM_REDIS")
@@ -207,6 +239,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         raw = await _raw_consume(bootstrap, source.topic, source.partitions, args.events)
         worker = await _throughput(bootstrap, redis_url, data_dir, repo, args.events)
         fresh = [await _freshness(bootstrap, redis_url, data_dir, rate, args.seconds) for rate in args.rate]
+        raw_fresh = [await _raw_latency(bootstrap, rate, args.seconds) for rate in args.rate]
         return {
             "bench": "stream",
             "cpu_count": os.cpu_count(),
@@ -226,6 +259,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "worker_events_per_cpu_s": round(args.events / worker["cpu_seconds"]) if worker["cpu_seconds"] else None,
             "load_average_1m": round(os.getloadavg()[0], 2),
             "freshness": fresh,
+            "raw_produce_to_consume_latency": raw_fresh,
             "targets": {"worker_events_per_s": 50_000, "freshness_p99_ms": 100},
         }
 
