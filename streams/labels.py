@@ -171,11 +171,13 @@ class LabelJoiner:
             return None
         model, rid = str(record["model"]), str(record["request_id"])
         marker = marker or f"{source}:{offset}"  # what identifies this label: a replay carries the same
-        fresh = await self.redis.set(self.keys.seen(model, rid), marker, nx=True,
-                                     px=int(self.config.retention_s * 1000))
+        async with self.redis.pipeline(transaction=False) as pipe:  # claim the join, and see who holds it
+            pipe.set(self.keys.seen(model, rid), marker, nx=True, px=int(self.config.retention_s * 1000))
+            pipe.get(self.keys.seen(model, rid))
+            fresh, holder = await pipe.execute()
         replay = False
         if not fresh:
-            previous = _text(await self.redis.get(self.keys.seen(model, rid)) or b"")
+            previous = _text(holder or b"")
             if previous != marker:
                 await self._count(model, "duplicate")
                 return JoinOutcome(outcome="duplicate", reason=f"request {rid} of {model} was joined by {previous}")
@@ -190,19 +192,20 @@ class LabelJoiner:
             shadow={str(k): float(v) for k, v in (record.get("shadow") or {}).items()},
             source=source, offset=offset, replay=replay,
         )
-        if not replay:
-            await self._score(joined)
-        await self._count(model, "replay" if replay else "joined")
+        await self._score(joined)
         return JoinOutcome(outcome="replay" if replay else "joined", joined=joined)
 
     async def _score(self, joined: JoinedLabel) -> None:
-        """Champion (what was served) and challenger (shadow) performance on this label."""
-        increments = perf_fields(joined.model_version, "live", joined.prediction, joined.label)
-        for version, score in joined.shadow.items():
-            increments |= perf_fields(int(version), "shadow", score, joined.label)
+        """Count the join; score champion (what was served) and challenger (shadow) once, not on replays."""
+        increments: dict[str, float] = {}
+        if not joined.replay:
+            increments = perf_fields(joined.model_version, "live", joined.prediction, joined.label)
+            for version, score in joined.shadow.items():
+                increments |= perf_fields(int(version), "shadow", score, joined.label)
         async with self.redis.pipeline(transaction=False) as pipe:
             for name, amount in increments.items():
                 pipe.hincrbyfloat(self.keys.perf(joined.model), name, amount)
+            pipe.hincrby(self.keys.stats, f"{joined.model}:{'replay' if joined.replay else 'joined'}", 1)
             await pipe.execute()
 
     async def sweep(self, now_ms: int | None = None) -> list[JoinOutcome]:
