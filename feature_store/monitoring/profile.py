@@ -116,13 +116,12 @@ def profile_column(
             fractions=tuple(bin_fractions(edges, ordered)), sample=_sample(ordered, sample_size),
         )
     counts = Counter(str(v) for v in values)
-    kept = [c for c, _ in counts.most_common(max_categories)]
-    categories = (*sorted(kept), OTHER)
-    profile = FeatureProfile(
-        feature=feature, kind="categorical", count=len(raw), null_rate=null_rate, categories=categories,
-    )
-    return FeatureProfile(**{**asdict(profile), "fractions": tuple(profile.bucket_fractions(values)),
-                             "categories": categories})
+    kept = sorted(c for c, _ in counts.most_common(max_categories))
+    other = sum(counts.values()) - sum(counts[c] for c in kept)
+    total = len(values)
+    fractions = (*(counts[c] / total for c in kept), other / total) if total else (0.0,) * (len(kept) + 1)
+    return FeatureProfile(feature=feature, kind="categorical", count=len(raw), null_rate=null_rate,
+                          categories=(*kept, OTHER), fractions=tuple(fractions))
 
 
 def profile_table(table: Any, features: Iterable[str] | None = None, **options: Any) -> dict[str, FeatureProfile]:

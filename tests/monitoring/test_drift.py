@@ -141,3 +141,21 @@ def test_profile_round_trips_through_dict() -> None:
 
     for profile in (profile_column("x", [1.0, 2.0, 3.0, None]), profile_column("c", ["a", "b"])):
         assert FeatureProfile.from_dict(profile.to_dict()) == profile
+
+
+@given(st.lists(st.one_of(st.none(), st.sampled_from("abcdefg")), min_size=1, max_size=80), st.integers(1, 8))
+def test_categorical_fractions_match_counts(values: list[str | None], keep: int) -> None:
+    from collections import Counter
+
+    profile = profile_column("c", values, max_categories=keep)
+    present = [v for v in values if v is not None]
+    if not present:
+        return
+    counts = Counter(present)
+    kept = set(profile.categories) - {OTHER}
+    assert len(kept) <= keep
+    assert sum(profile.fractions) == pytest.approx(1.0)
+    for category, fraction in zip(profile.categories, profile.fractions, strict=True):
+        want = (sum(n for c, n in counts.items() if c not in kept) if category == OTHER else counts[category])
+        assert fraction == pytest.approx(want / len(present))
+    assert profile.bucket_fractions(present) == pytest.approx(list(profile.fractions))
