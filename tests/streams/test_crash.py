@@ -143,7 +143,7 @@ async def _crash_run(settings: Settings, unique: str, redis_client: aioredis.Red
 
 async def test_kill_9_and_restart_keeps_exactly_once(settings: Settings, unique: str, redis_client: aioredis.Redis,
                                                      tmp_path: Path) -> None:
-    await _crash_run(settings, unique, redis_client, tmp_path, partitions=2, events=5000, rate=250.0, workers=1,
+    await _crash_run(settings, unique, redis_client, tmp_path, partitions=2, events=4000, rate=300.0, workers=1,
                      kills=3)
 
 
