@@ -212,30 +212,53 @@ def finalize_sql(agg: Aggregation, stats: Mapping[Stat, str] | None = None) -> s
 def merge(layout: TileLayout, a: Sequence[Any], b: Sequence[Any]) -> list[Any]:
     """Combine two stat vectors of `layout` (associative; `empty_stats` is the identity)."""
     out = list(a)
-    for i, stat in enumerate(layout.stats):
-        if stat.stat in ("n", "s"):
+    plan = layout.__dict__.get("_merge_plan")
+    if plan is None:
+        plan = _merge_plan(layout)
+        object.__setattr__(layout, "_merge_plan", plan)  # derived from the frozen fields; cached on the instance
+    for op, i, j, k in plan:
+        if op == 0:  # n, s: add
             out[i] = a[i] + b[i]
-        elif stat.stat == "et":
+        elif op == 1:  # et: newest
             out[i] = max(a[i], b[i])
-        elif stat.stat == "m2":
-            ni, si = layout.index(stat.column, "n"), layout.index(stat.column, "s")
-            na, nb = a[ni], b[ni]
+        elif op == 2:  # m2, with n at j and s at k
+            na, nb = a[j], b[j]
             if na == 0:
                 out[i] = b[i]
             elif nb != 0:
-                delta = b[si] / nb - a[si] / na
+                delta = b[k] / nb - a[k] / na
                 out[i] = a[i] + b[i] + delta * delta * na * nb / (na + nb)
-        elif stat.stat in ("mn", "mx"):
-            ni = layout.index(stat.column, "n")
-            if a[ni] == 0:
+        elif op == 3 or op == 4:  # mn / mx, with n at j
+            if a[j] == 0:
                 out[i] = b[i]
-            elif b[ni] != 0:
-                out[i] = min(a[i], b[i]) if stat.stat == "mn" else max(a[i], b[i])
-        elif stat.stat == "lt":
-            lt, lk, lq, lv = (layout.index(stat.column, s) for s in ("lt", "lk", "lq", "lv"))
-            if (b[lt], b[lk], b[lq]) > (a[lt], a[lk], a[lq]):
-                out[lt], out[lk], out[lq], out[lv] = b[lt], b[lk], b[lq], b[lv]
+            elif b[j] != 0:
+                out[i] = min(a[i], b[i]) if op == 3 else max(a[i], b[i])
+        else:  # last: lt at i, lk at j, lq at k, lv right after in the plan's 4th slot
+            lv = op - 5
+            if (b[i], b[j], b[k]) > (a[i], a[j], a[k]):
+                out[i], out[j], out[k], out[lv] = b[i], b[j], b[k], b[lv]
     return out
+
+
+def _merge_plan(layout: TileLayout) -> tuple[tuple[int, int, int, int], ...]:
+    """Per stat of `layout`: (op, position, helper position, helper position), resolved once per layout.
+
+    op: 0 add, 1 newest, 2 m2, 3 min, 4 max, 5 + lv position for 'last' (lk, lq, lv follow lt's rule).
+    """
+    plan: list[tuple[int, int, int, int]] = []
+    for i, stat in enumerate(layout.stats):
+        if stat.stat in ("n", "s"):
+            plan.append((0, i, 0, 0))
+        elif stat.stat == "et":
+            plan.append((1, i, 0, 0))
+        elif stat.stat == "m2":
+            plan.append((2, i, layout.index(stat.column, "n"), layout.index(stat.column, "s")))
+        elif stat.stat in ("mn", "mx"):
+            plan.append((3 if stat.stat == "mn" else 4, i, layout.index(stat.column, "n"), 0))
+        elif stat.stat == "lt":
+            lk, lq, lv = (layout.index(stat.column, s) for s in ("lk", "lq", "lv"))
+            plan.append((5 + lv, i, lk, lq))
+    return tuple(plan)
 
 
 def finalize(layout: TileLayout, agg: Aggregation, stats: Sequence[Any]) -> Any:

@@ -31,7 +31,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from feature_store.errors import DefinitionError
 
@@ -244,7 +244,7 @@ def _has_str(node: ast.Compare) -> bool:
 
 def _eval(node: ast.expr, env: Mapping[str, Any]) -> Any:
     if isinstance(node, ast.Constant):
-        return node.value if isinstance(node.value, str) else float(node.value)
+        return node.value if isinstance(node.value, str) else float(cast(float, node.value))
     if isinstance(node, ast.Name):
         return env.get(node.id)
     if isinstance(node, ast.BinOp):
@@ -335,7 +335,7 @@ def _sql(node: ast.expr, quote: Callable[[str], str]) -> str:
     if isinstance(node, ast.Constant):
         if isinstance(node.value, str):
             return "'" + node.value.replace("'", "''") + "'"
-        return f"CAST({float(node.value)!r} AS DOUBLE)"
+        return f"CAST({float(cast(float, node.value))!r} AS DOUBLE)"
     if isinstance(node, ast.Name):
         return quote(node.id)
     if isinstance(node, ast.BinOp):

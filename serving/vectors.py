@@ -165,7 +165,7 @@ async def fetch_vectors(
         missing: list[str] = []
         for ref in query.refs:
             fv = values[ref]
-            value, status = fv.value, fv.status
+            value, status = fv.value, str(fv.status)
             age = None if fv.event_time is None else t - fv.event_time
             if age is not None:
                 oldest[ref] = max(oldest.get(ref, age), age)

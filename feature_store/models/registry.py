@@ -14,6 +14,7 @@ versions, so writes run in `BEGIN IMMEDIATE` transactions.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import os
 import sqlite3
@@ -253,7 +254,7 @@ class ModelRegistry:
                 row = self._row(db, name, version)
         return _version_of(row)
 
-    def list(self, name: str | None = None) -> list[ModelVersion]:
+    def list(self, name: str | None = None) -> builtins.list[ModelVersion]:
         """Every version (of `name`, or of all models), by name then version."""
         with self._connect() as db:
             if name is None:
@@ -264,11 +265,11 @@ class ModelRegistry:
                     self._require_model(db, name)
         return [_version_of(r) for r in rows]
 
-    def names(self) -> list[str]:
+    def names(self) -> builtins.list[str]:
         with self._connect() as db:
             return [r[0] for r in db.execute("SELECT DISTINCT name FROM versions ORDER BY name").fetchall()]
 
-    def audit(self, name: str) -> list[AuditEntry]:
+    def audit(self, name: str) -> builtins.list[AuditEntry]:
         """Stage changes of a model, oldest first."""
         with self._connect() as db:
             rows = db.execute("SELECT name, version, action, from_stage, to_stage, actor, reason, at FROM audit "
@@ -344,9 +345,9 @@ class ModelRegistry:
                    "VALUES (?,?,?,?,?,?,?,?)", (name, version, action, from_stage, to_stage, actor, reason, now))
 
     @staticmethod
-    def _production_stack(db: sqlite3.Connection, name: str) -> list[int]:
+    def _production_stack(db: sqlite3.Connection, name: str) -> builtins.list[int]:
         """Versions that held production, oldest first, with rolled-back ones popped off."""
-        stack: list[int] = []
+        stack: builtins.list[int] = []
         for version, action, from_stage, to_stage in db.execute(
             "SELECT version, action, from_stage, to_stage FROM audit WHERE name = ? ORDER BY id", (name,)
         ).fetchall():

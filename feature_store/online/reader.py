@@ -16,7 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from feature_store.aggregates import NO_ORDER, TileLayout, empty_stats, finalize, merge, tile_layouts
-from feature_store.definitions import FeatureView
+from feature_store.definitions import Aggregation, FeatureView
 from feature_store.errors import OnlineStoreUnavailable
 from feature_store.online.codec import unpack_latest, unpack_stats
 from feature_store.online.keys import KeyLayout
@@ -46,7 +46,7 @@ class _Plan:
     view: FeatureView
     features: Sequence[str]
     start: int
-    tiles: list[tuple[TileLayout, list[int]]]  # for windowed: layout and tile starts, newest first
+    tiles: list[tuple[TileLayout, int]]  # for windowed: layout and the start of the newest (current) tile
     partitions: int
 
 
@@ -56,6 +56,14 @@ class OnlineReader:
     def __init__(self, redis: aioredis.Redis, keys: KeyLayout) -> None:
         self._redis = redis
         self._keys = keys
+        self._layouts: dict[int, tuple[FeatureView, list[TileLayout]]] = {}  # id(view) -> (view, layouts)
+
+    def _tile_layouts(self, view: FeatureView) -> list[TileLayout]:
+        """`tile_layouts(view)`, built once per view object (the view is kept, so its id stays unique)."""
+        entry = self._layouts.get(id(view))
+        if entry is None or entry[0] is not view:
+            entry = self._layouts[id(view)] = (view, tile_layouts(view))
+        return entry[1]
 
     async def read(
         self,
@@ -81,13 +89,13 @@ class OnlineReader:
                 partitions = self._keys.partitions_to_read(view, entity)
                 plan.partitions = len(partitions)
                 if view.is_windowed:
-                    for layout in tile_layouts(view):
+                    for layout in self._tile_layouts(view):
                         newest = tile_start(t_ms, layout.hop_ms)
-                        starts = [newest - i * layout.hop_ms for i in range(layout.max_window_ms // layout.hop_ms)]
-                        plan.tiles.append((layout, starts))
-                        fields = [str(s) for s in starts]
+                        plan.tiles.append((layout, newest))
                         for p in partitions:
-                            pipe.hmget(self._keys.state_key(view, p, entity, layout.hop_ms), fields)
+                            # the whole hash: writers prune tiles older than the longest window, and
+                            # one key argument packs far cheaper than one per tile (HMGET)
+                            pipe.hgetall(self._keys.state_key(view, p, entity, layout.hop_ms))
                             count += 1
                 else:
                     for p in partitions:
@@ -113,24 +121,37 @@ class OnlineReader:
     def _finish_windowed(plan: _Plan, replies: list[Any], values: dict[str, FeatureValue]) -> None:
         wanted = set(plan.features)
         position = plan.start
-        for layout, starts in plan.tiles:
+        for layout, newest_start in plan.tiles:
             per_partition = replies[position:position + plan.partitions]
             position += plan.partitions
-            newest_index = layout.index("*", "et")
-            needed = [a for a in layout.aggregations if a.name in wanted]
+            newest_index, by_depth = _depths(layout)
+            needed = {d: [a for a in aggs if a.name in wanted] for d, aggs in by_depth.items()}
+            needed = {d: aggs for d, aggs in needed.items() if aggs}
+            if not needed:
+                continue
+            hop = layout.hop_ms
+            deepest = max(needed)
+            # tiles by depth (1 = the current tile), each depth in partition order
+            tiles: dict[int, list[bytes]] = {}
+            for reply in per_partition:
+                for field, packed in reply.items():
+                    back = newest_start - int(field)
+                    if back >= 0 and back % hop == 0 and back // hop < deepest:
+                        tiles.setdefault(back // hop + 1, []).append(packed)
             cum = empty_stats(layout)
-            for depth in range(1, len(starts) + 1):
-                for reply in per_partition:
-                    packed = reply[depth - 1]
-                    if packed is not None:
+            present_depths = sorted(tiles)
+            next_tile = 0
+            for depth in sorted(needed):
+                while next_tile < len(present_depths) and present_depths[next_tile] <= depth:
+                    for packed in tiles[present_depths[next_tile]]:
                         cum = merge(layout, cum, unpack_stats(packed))
-                for agg in needed:
-                    if agg.window_ms // layout.hop_ms == depth:
-                        newest = cum[newest_index]
-                        present = newest > NO_ORDER
-                        values[f"{plan.view.name}:{agg.name}"] = FeatureValue(
-                            finalize(layout, agg, cum), "present" if present else "default",
-                            int(newest) if present else None)
+                    next_tile += 1
+                newest = cum[newest_index]
+                present = newest > NO_ORDER
+                for agg in needed[depth]:
+                    values[f"{plan.view.name}:{agg.name}"] = FeatureValue(
+                        finalize(layout, agg, cum), "present" if present else "default",
+                        int(newest) if present else None)
 
     @staticmethod
     def _finish_latest(plan: _Plan, replies: list[Any], values: dict[str, FeatureValue], t_ms: int) -> None:
@@ -149,3 +170,16 @@ class OnlineReader:
                 values[ref] = FeatureValue(best[1][fields.index(name)], "present", int(best[0][0]))
             else:
                 values[ref] = FeatureValue(None, "missing")
+
+
+def _depths(layout: TileLayout) -> tuple[int, dict[int, list[Aggregation]]]:
+    """(position of the newest event time, aggregations by window depth in tiles), cached on the layout."""
+    cached = layout.__dict__.get("_reader_depths")
+    if cached is None:
+        by_depth: dict[int, list[Aggregation]] = {}
+        for agg in layout.aggregations:
+            by_depth.setdefault(agg.window_ms // layout.hop_ms, []).append(agg)
+        cached = (layout.index("*", "et"), by_depth)
+        object.__setattr__(layout, "_reader_depths", cached)  # derived from the frozen fields
+    return cached  # type: ignore[no-any-return]
+

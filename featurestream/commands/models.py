@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import getpass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import orjson
 import typer
 
 from feature_store.errors import DefinitionError
 from feature_store.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from feature_store.models import Flavor
 
 __all__ = ["app"]
 
@@ -101,7 +104,7 @@ def register(
 
         service_fp = load_live_repo(settings, repo).service(feature_service).fingerprint
     version = ModelRegistry.from_settings(settings).register(
-        name, payload, flavor=flavor, feature_service=feature_service, service_fingerprint=service_fp,
+        name, payload, flavor=cast("Flavor", flavor), feature_service=feature_service, service_fingerprint=service_fp,
         features=feature or (), metrics=_json(metrics, "metrics"), params=_json(params, "params"),
         training_set_ref=training_set_ref, data_range=data_range, fallback=fallback, actor=getpass.getuser())
     typer.echo(f"registered {name} version {version.version} (sha256 {version.sha256[:12]}, stage staging)")

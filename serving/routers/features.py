@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends
@@ -18,14 +18,14 @@ from serving.vectors import fetch_vectors
 __all__ = ["router"]
 
 router = APIRouter(tags=["features"])
-_ERRORS = {404: {"description": "Unknown service, view or feature"},
+_ERRORS: dict[int | str, dict[str, Any]] = {404: {"description": "Unknown service, view or feature"},
            409: {"description": "A feature is staler than its `reject` policy allows"},
            413: {"description": "More entities than the server accepts per request"},
            422: {"description": "Invalid request (the message names the field and the fix)"},
            503: {"description": "The online store (Redis) is unreachable; retry"}}
 
 
-@router.post("/v1/features", response_model=FeaturesResponse, responses=_ERRORS)  # type: ignore[misc]
+@router.post("/v1/features", response_model=FeaturesResponse, responses=_ERRORS)
 async def get_features(body: FeaturesRequest, state: Annotated[ServingState, Depends(get_state)],
                        _actor: ReadActor) -> Response:
     """Values with per-value `status` (present, default, stale, missing) and event-time `age_ms`.

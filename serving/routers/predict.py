@@ -34,7 +34,7 @@ __all__ = ["router"]
 
 log = structlog.get_logger("serving.predict")
 router = APIRouter(tags=["predict"])
-_ERRORS = {404: {"description": "Unknown model or version, or no production version"},
+_ERRORS: dict[int | str, dict[str, Any]] = {404: {"description": "Unknown model or version, or no production version"},
            413: {"description": "More entities than the server accepts per request"},
            422: {"description": "Invalid request (the message names the field and the fix)"},
            503: {"description": "The online store (Redis) is unreachable; retry"}}
@@ -61,7 +61,7 @@ def _fallback(state: ServingState, version: ModelVersion, inputs: list[dict[str,
     return [_number(expression.evaluate(row)) for row in inputs]
 
 
-@router.post("/v1/predict/{model}", response_model=PredictResponse, responses=_ERRORS)  # type: ignore[misc]
+@router.post("/v1/predict/{model}", response_model=PredictResponse, responses=_ERRORS)
 async def predict(
     model: str,
     body: PredictRequest,

@@ -8,7 +8,7 @@ was; 503 when Kafka is not configured or does not answer.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends
@@ -22,7 +22,8 @@ from serving.state import ServingState, get_state
 __all__ = ["router"]
 
 router = APIRouter(tags=["push"])
-_ERRORS = {207: {"description": "Some events were refused; `errors` lists them by index"},
+_ERRORS: dict[int | str, dict[str, Any]] = {
+           207: {"description": "Some events were refused; `errors` lists them by index"},
            401: {"description": "No or unknown API key"}, 404: {"description": "Unknown or batch source"},
            413: {"description": "Too many events in one request"},
            422: {"description": "No event was valid"}, 503: {"description": "Kafka is unreachable"}}
