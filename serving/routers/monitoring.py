@@ -265,7 +265,7 @@ def promotions(name: _Name, state: _State, _actor: ReadActor) -> dict[str, Any]:
     """Promotion requests and the audit: challenger changes, requests, decisions, stage moves and rollbacks."""
     approvals = _approvals(state)
     state.models.list(name)  # 404 for an unknown model
-    stages: list[Any] = [e.to_dict() for e in state.models.audit(name)]  # type: ignore[attr-defined]  # registry annotates with its own `list`
+    stages: list[Any] = [e.to_dict() for e in state.models.audit(name)]
     return {"model": name, "requests": [r.to_dict() for r in approvals.requests(name)],
             "audit": approvals.audit(name), "stages": stages}
 
