@@ -57,3 +57,31 @@ def test_train_usage_errors_exit_nonzero(tmp_path: Path) -> None:
                                     str(tmp_path / "x.parquet"), "--check", "auc=1", "--registry",
                                     str(tmp_path / "r.db")])
     assert bad_check.exit_code != 0
+
+
+def test_train_from_entities_and_a_feature_service(tmp_path: Path) -> None:
+    """The point-in-time join path: entity rows + service -> training set -> gate -> registered with lineage."""
+    import pyarrow as pa
+
+    from feature_store.monitoring import load_profiles, profiles_path
+    from tests.feature_store.test_training_set_cli import REPO_FILE, _card_data
+
+    _, _, rows = _card_data(tmp_path / "data")
+    amounts = rows.column("amount").to_pylist()
+    middle = sorted(amounts)[len(amounts) // 2]
+    rows = rows.append_column("label", pa.array([1.0 if a > middle else 0.0 for a in amounts]))
+    pq.write_table(rows, tmp_path / "rows.parquet")
+    where = ["--registry", str(tmp_path / "registry.db"), "--data-dir", str(tmp_path / "data")]
+    result = CliRunner().invoke(app, ["train", "--model", "spend", "--label", "label", "--baseline", "0.5",
+                                      "--entities", str(tmp_path / "rows.parquet"), "--service", "fraud_detection",
+                                      "--repo", str(REPO_FILE), "--holdout", "0.3", *where])
+    assert result.exit_code == 0, result.output
+    run = RunStore(tmp_path / "runs.sqlite").list("spend")[0]
+    assert run.feature_service == "fraud_detection"
+    assert run.service_fingerprint
+    assert run.data_refs["training_set"] == f"{tmp_path / 'rows.parquet'}#service=fraud_detection"
+    assert "user_profile__age" in run.features  # joined from the service, as of each row's time
+    version = ModelRegistry(tmp_path / "models.sqlite", tmp_path / "data" / "models" / "artifacts").get("spend", 1)
+    assert version.feature_service == "fraud_detection"
+    assert version.service_fingerprint == run.service_fingerprint
+    assert "user_profile__age" in load_profiles(profiles_path(tmp_path / "data", "fraud_detection"))
