@@ -141,7 +141,9 @@ function timeChart(id, title, sources, pick, labels) {
   }
   if (charts[id]) charts[id].plot.destroy();
   el.innerHTML = "";
-  const plot = new uPlot({width, height: 220, series, axes: [{}, {label: title}], scales: {x: {time: true}}}, data, el);
+  const clock = (u, splits) => splits.map((v) => new Date(v * 1000).toLocaleTimeString([], {hour12: false}));
+  const plot = new uPlot({width, height: 220, series, axes: [{space: 80, values: clock}, {label: title}],
+    scales: {x: {time: true}}}, data, el);
   charts[id] = {plot, key};
 }
 
