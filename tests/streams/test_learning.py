@@ -18,7 +18,7 @@ from feature_store.settings import Settings
 from feature_store.training import Approvals, OnlineLearner, RunStore
 from feature_store.training.live import read_live
 from streams.labels import FlowConfig, JoinConfig, LabelFlows
-from tests.training.conftest import fraud_rows
+from tests.training.data import fraud_rows
 
 T0 = 1_767_225_600_000
 

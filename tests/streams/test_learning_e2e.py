@@ -28,7 +28,7 @@ from feature_store.repo import load_repo
 from feature_store.settings import Settings, load_settings
 from feature_store.training import AcceptanceGate, OnlineLearner, RunStore, train_model
 from serving import ServingConfig, create_app
-from tests.training.conftest import fraud_rows, fraud_table
+from tests.training.data import fraud_rows, fraud_table
 
 ALICE, BOB, APP = "alice-key-1", "bob-key-2", "app-key-3"
 MODEL = "fraud_online"

@@ -13,7 +13,7 @@ from feature_store.errors import DefinitionError, UnknownFeatureError
 from feature_store.models import ModelRegistry
 from feature_store.monitoring import load_profiles, profiles_path
 from feature_store.training import AcceptanceGate, Check, RunStore, TrainingRun, code_version, train_model
-from tests.training.conftest import fraud_table
+from tests.training.data import fraud_table
 
 
 class MeanByBucket:

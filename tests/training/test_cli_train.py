@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from feature_store.models import ModelRegistry
 from feature_store.training import RunStore
 from featurestream.cli import app
-from tests.training.conftest import fraud_table
+from tests.training.data import fraud_table
 
 
 def test_train_registers_then_rejects_then_lists_and_compares(tmp_path: Path) -> None:

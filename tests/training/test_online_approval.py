@@ -11,7 +11,7 @@ from river import linear_model, preprocessing
 from feature_store.errors import ApprovalError, RegistryError
 from feature_store.models import ModelRegistry
 from feature_store.training import Approvals, OnlineLearner
-from tests.training.conftest import fraud_rows
+from tests.training.data import fraud_rows
 
 
 def _learner(**kw: object) -> OnlineLearner:
