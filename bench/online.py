@@ -141,11 +141,9 @@ async def raw_limits(redis_url: str, view: FeatureView, entities: list[str], n: 
         t = time.time_ns() // 1_000_000
         pipe = r.pipeline(transaction=False)
         for entity in chosen:
-            for layout in layouts:
-                newest = tile_start(t, layout.hop_ms)
-                fields = [str(newest - k * layout.hop_ms) for k in range(layout.max_window_ms // layout.hop_ms)]
-                pipe.hmget(keys.state_key(view, partition_for(entity, view.source.partitions), entity,
-                                          layout.hop_ms), fields)
+            for layout in layouts:  # the reader's commands: one HGETALL per tile series
+                pipe.hgetall(keys.state_key(view, partition_for(entity, view.source.partitions), entity,
+                                            layout.hop_ms))
         start = time.perf_counter()
         await pipe.execute()
         raw.append(time.perf_counter() - start)
@@ -272,6 +270,12 @@ def _stats(samples: list[float]) -> dict[str, Any]:
 # ---------------------------------------------------------------- server process
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -341,7 +345,7 @@ async def run(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
     limits_100 = await raw_limits(redis_url, view, entities, 200, 100)
     port = _free_port()
     child = subprocess.Popen([sys.executable, __file__, "--serve-child", str(port), str(repo_file)], env=env,
-                             cwd=str(ROOT))
+                             cwd=str(ROOT), stdout=sys.stderr)
     try:
         await _wait_http(port)
         for name in bodies:  # warm up: model load, query cache, connections
@@ -350,10 +354,15 @@ async def run(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
         for name, requests in bodies.items():
             single = name.endswith("_1")
             rate = args.rate if single else args.rate_100
-            results[name] = {
-                "open_loop": await open_loop(port, requests, rate, args.seconds, pool=32),
-                "closed_loop": await closed_loop(port, requests, args.seconds, args.concurrency),
-            }
+            cpu = _cpu_s(child.pid)
+            opened = await open_loop(port, requests, rate, args.seconds, pool=32)
+            cpu_open = _cpu_s(child.pid) - cpu
+            closed = await closed_loop(port, requests, args.seconds, args.concurrency)
+            cpu_closed = _cpu_s(child.pid) - cpu - cpu_open
+            opened["server_cpu_ms_per_request"] = round(cpu_open * 1000 / max(opened["requests"], 1), 3)
+            closed["server_cpu_ms_per_request"] = round(cpu_closed * 1000 / max(closed["requests"], 1), 3)
+            closed["rps_per_server_cpu_second"] = round(closed["requests"] / max(cpu_closed, 1e-9), 1)
+            results[name] = {"open_loop": opened, "closed_loop": closed}
     finally:
         child.terminate()
         try:
@@ -363,12 +372,13 @@ async def run(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
             child.wait()
     cores = os.cpu_count() or 1
     for name, result in results.items():
-        result["closed_loop"]["rps_per_core"] = round(result["closed_loop"]["rps"] / 1, 1)  # 1 server process
         raw = (limits_1 if name.endswith("_1") else limits_100)["redis_pipeline_round_trip"]
         result["p99_vs_raw_redis_p99"] = round(result["open_loop"]["p99_ms"] / raw["p99_ms"], 2)
     return {
         "bench": "online",
-        "machine": {"cores": cores, "note": "server: 1 uvicorn worker (one core); client in this process"},
+        "machine": {"cores": cores, "load_average_1m": os.getloadavg()[0],
+                    "note": "server: 1 uvicorn worker (at most one core); client in this process; "
+                            "rps_per_server_cpu_second = saturation per core, independent of other load"},
         "state": {"users": args.users, "keys": written, "features": len(FEATURES_8),
                   "tile_fields_per_entity": sum(lay.max_window_ms // lay.hop_ms for lay in tile_layouts(view))},
         "raw_limit_1_entity": limits_1,
