@@ -1,4 +1,8 @@
-"""Dependencies shared by the routers: settings (overridable in tests) and API-key levels."""
+"""Dependencies shared by the routers: settings (overridable in tests) and API-key levels.
+
+All are `async def`: FastAPI runs sync dependencies in a thread pool, a thread hop per
+dependency per request on the hot path.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from serving.auth import authorize
 __all__ = ["AdminActor", "ReadActor", "WriteActor", "app_settings"]
 
 
-def app_settings(request: Request) -> Settings:
+async def app_settings(request: Request) -> Settings:
     """The settings the app was built with; tests swap them with `app.dependency_overrides`."""
     settings: Settings = request.app.state.serving.settings
     return settings
@@ -22,15 +26,15 @@ _Key = Annotated[str | None, Header(alias="X-API-Key", description="API key (see
 _Settings = Annotated[Settings, Depends(app_settings)]
 
 
-def _read(settings: _Settings, x_api_key: _Key = None) -> str:
+async def _read(settings: _Settings, x_api_key: _Key = None) -> str:
     return authorize(settings, x_api_key, "read")
 
 
-def _write(settings: _Settings, x_api_key: _Key = None) -> str:
+async def _write(settings: _Settings, x_api_key: _Key = None) -> str:
     return authorize(settings, x_api_key, "write")
 
 
-def _admin(settings: _Settings, x_api_key: _Key = None) -> str:
+async def _admin(settings: _Settings, x_api_key: _Key = None) -> str:
     return authorize(settings, x_api_key, "admin")
 
 

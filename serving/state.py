@@ -84,6 +84,6 @@ class ServingState:
             await publisher.stop()
 
 
-def get_state(request: Request) -> ServingState:
+async def get_state(request: Request) -> ServingState:
     state: ServingState = request.app.state.serving
     return state
