@@ -281,6 +281,12 @@ class Traffic:
         from feature_store.consistency import ConsistencyError, batch_recompute, check, find_prediction_log, load_served
 
         deadline = time.monotonic() + min(timeout_s, 60.0)
+        # Every record sent must be in the event log first: the log rolls files by size and age, and a
+        # served read that saw a transaction the log has not written yet would look like a mismatch.
+        while sum(v for k, v in self._log_counts().items() if k != "stats") < self.sent:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the event log did not reach all {self.sent} records sent; see the worker log")
+            time.sleep(_POLL_S)
         rows: list[Any] = []
         glob = None
         while time.monotonic() < deadline:
