@@ -86,13 +86,14 @@ def classify(source: StreamSource, values: Sequence[bytes | None], offsets: Sequ
 
 
 def applied_table(source: StreamSource, c: Classified, indexes: Sequence[int], partition: int, tie: int) -> pa.Table:
-    """The applied rows as DuckDB sees them: schema columns plus __event_time, __tie, __seq."""
+    """The applied rows as DuckDB sees them: schema columns plus __event_time, __tie, __seq, __partition."""
     events = [c.events[i] for i in indexes]
     table = source.schema.to_arrow(events)  # type: ignore[arg-type]  # applied rows are validated events
     base = partition * SEQ_PARTITION_SHIFT
     table = table.append_column("__event_time", pa.array([c.event_times[i] for i in indexes], pa.int64()))
     table = table.append_column("__tie", pa.array([tie] * len(indexes), pa.int64()))
-    return table.append_column("__seq", pa.array([base + c.offsets[i] for i in indexes], pa.int64()))
+    table = table.append_column("__seq", pa.array([base + c.offsets[i] for i in indexes], pa.int64()))
+    return table.append_column("__partition", pa.array([partition] * len(indexes), pa.int64()))
 
 
 def log_schema(source: StreamSource) -> pa.Schema:

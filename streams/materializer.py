@@ -15,6 +15,7 @@ duplicates nothing. Kafka commits are not used.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import redis.asyncio as aioredis
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -75,6 +77,7 @@ class _Partition:
     watermark: int  # after next_offset - 1
     gap_checked: bool = False  # a gap after a seek was re-checked once (a true gap, not a stale fetch)
     reset_warned: bool = False
+    stale: bool = False  # a batch was fenced: batches prepared after it are dropped (work resumes from the store)
 
 
 @dataclass
@@ -124,6 +127,7 @@ class Materializer:
                 self._sources[source.topic] = _Source(source, plan, writer, schema)
         self._parts: dict[TopicPartition, _Partition] = {}
         self._lock = asyncio.Lock()
+        self._inflight: asyncio.Future[None] | None = None  # the last fetch's commits, running while we fetch on
         self._stopping = asyncio.Event()
         self._con = duckdb.connect(":memory:")
         self._redis: aioredis.Redis | None = None
@@ -158,6 +162,7 @@ class Materializer:
         """Flush the event log and close every client (safe to call twice)."""
         self._stopping.set()
         async with self._lock:
+            await self._drain()
             for source in self._sources.values():
                 source.log.flush_all()
             self._parts.clear()
@@ -172,22 +177,41 @@ class Materializer:
             self._redis = None
 
     async def run(self) -> None:
-        """The batch loop; returns after `stop()` is requested."""
+        """The batch loop; returns after `stop()` is requested.
+
+        Pipelined: while the scripts of one fetch run in Redis, the next fetch
+        is read and its writes computed; its scripts are sent once the previous
+        fetch is committed (applied and logged), so Redis still sees each
+        partition's batches in offset order.
+        """
         assert self._consumer is not None, "start() first"
-        while not self._stopping.is_set():
-            try:
-                batches = await self._consumer.getmany(timeout_ms=self.config.poll_timeout_ms,
-                                                       max_records=self.config.max_records)
-            except KafkaError as exc:
-                log.warning("fetch failed; retrying", error=type(exc).__name__)
-                await asyncio.sleep(0.5)
-                continue
+        try:
+            while not self._stopping.is_set():
+                try:
+                    batches = await self._consumer.getmany(timeout_ms=self.config.poll_timeout_ms,
+                                                           max_records=self.config.max_records)
+                except KafkaError as exc:
+                    log.warning("fetch failed; retrying", error=type(exc).__name__)
+                    await asyncio.sleep(0.5)
+                    continue
+                async with self._lock:
+                    prepared = self._prepare_all(batches) if batches else []
+                    await self._drain()
+                    if prepared:
+                        self._inflight = asyncio.ensure_future(self._commit_all(prepared))
+                    for source in self._sources.values():
+                        for partition in source.log.due():
+                            source.log.flush(partition)
+                self._update_lag()
+        finally:
             async with self._lock:
-                await self._process_all(batches)
-                for source in self._sources.values():
-                    for partition in source.log.due():
-                        source.log.flush(partition)
-            self._update_lag()
+                await self._drain()
+
+    async def _drain(self) -> None:
+        """Wait for the commits in flight (call with the lock held)."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            await inflight
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -247,28 +271,65 @@ class Materializer:
 
     # -- one partition batch -----------------------------------------------------------
 
-    async def _process_all(self, batches: dict[TopicPartition, Sequence[Any]]) -> None:
-        """Prepare each partition's batch (CPU) while the previous ones run in Redis, then wait for all."""
-        commits = []
-        for tp, records in batches.items():
-            prepared = self._prepare(tp, records)
-            if prepared is not None:
-                commits.append(asyncio.ensure_future(self._commit(prepared)))
-                await asyncio.sleep(0)  # let it send its script before we compute the next one
-        if commits:
-            await asyncio.gather(*commits)
+    async def _commit_all(self, prepared: Sequence[_Prepared]) -> None:
+        """Commit every partition batch of one fetch; their scripts are in flight together."""
+        if len(prepared) == 1:
+            await self._commit(prepared[0])
+        else:
+            await asyncio.gather(*(self._commit(p) for p in prepared))
 
-    async def _process(self, tp: TopicPartition, records: Sequence[Any]) -> None:
-        prepared = self._prepare(tp, records)
-        if prepared is not None:
-            await self._commit(prepared)
+    def _prepare_all(self, batches: dict[TopicPartition, Sequence[Any]]) -> list[_Prepared]:
+        """Classify each partition batch, then compute the online writes of all of them (no I/O).
 
-    def _prepare(self, tp: TopicPartition, records: Sequence[Any]) -> _Prepared | None:
-        """Classify, find the Redis and log parts of the batch, compute the online writes (no I/O)."""
+        Each partition's position moves past its batch now (the next fetch is
+        prepared before this one is committed); a fenced batch marks its
+        partition stale and the store's position replaces it.
+        """
+        started = time.perf_counter()
+        staged = [p for tp, records in batches.items() if (p := self._stage(tp, records, started)) is not None]
+        ingest = _now_ms()  # the tie of every event applied from this fetch
+        by_source: dict[str, list[_Prepared]] = {}
+        for p in staged:
+            p.ingest = ingest
+            if p.redis_from < len(p.records):
+                part, c, src = p.part, p.c, p.part.source
+                p.batch = PartitionBatch(offset_key=self.keys.offset_key(src.source, part.partition),
+                                         expected_offset=part.redis_offset, first_offset=c.offsets[p.redis_from],
+                                         last_offset=c.offsets[-1], watermark=c.watermark, layouts=src.plan.layouts)
+                part.redis_offset = c.offsets[-1]  # what the store holds once this batch is applied
+                by_source.setdefault(src.source.topic, []).append(p)
+        for topic, group in by_source.items():
+            src = self._sources[topic]
+            try:
+                self._writes(src, group, ingest)
+            except TransformFailed:  # the rare path: find the failing rows, reject them, compute again
+                for p in group:
+                    assert p.batch is not None
+                    self._reject_transform_failures(src, p.c, _applied_from(p.c, p.redis_from), p.part.partition,
+                                                    ingest)
+                    p.batch.clear()
+                self._writes(src, group, ingest)
+        return staged
+
+    def _writes(self, src: _Source, group: Sequence[_Prepared], ingest: int) -> None:
+        """One DuckDB pass over the applied rows of every partition batch of one source."""
+        tables = []
+        for p in group:
+            indexes = _applied_from(p.c, p.redis_from)
+            if indexes:
+                tables.append(applied_table(src.source, p.c, indexes, p.part.partition, ingest))
+        if tables:
+            table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+            src.plan.writes_many(self._con, table, {p.part.partition: p.batch for p in group if p.batch is not None},
+                                 ingest)
+
+    def _stage(self, tp: TopicPartition, records: Sequence[Any], started: float) -> _Prepared | None:
+        """Classify one partition batch and find its Redis and log parts (no I/O, no writes yet)."""
         part = self._parts.get(tp)
         if part is None:
             return None
-        records = [r for r in records if r.offset >= part.next_offset]
+        if records and records[0].offset < part.next_offset:
+            records = [r for r in records if r.offset >= part.next_offset]
         if not records:
             return None
         if records[0].offset > part.next_offset and part.next_offset > 0 and not part.gap_checked:
@@ -278,46 +339,29 @@ class Materializer:
             self._consumer.seek(tp, part.next_offset)
             return None
         part.gap_checked = False
-        started = time.perf_counter()
         src = part.source
-        source = src.source
-        c = classify(source, [r.value for r in records], [r.offset for r in records], part.watermark, _now_ms())
+        c = classify(src.source, [r.value for r in records], [r.offset for r in records], part.watermark, _now_ms())
         redis_from = _first_above(c.offsets, part.redis_offset)
         logged = src.log.position(part.partition)
         log_from = _first_above(c.offsets, NO_OFFSET if logged is None else logged.offset)
         if log_from < redis_from:  # replay: events applied before a crash; find their transform failures again
             self._reject_transform_failures(src, c, [i for i in c.applied() if log_from <= i < redis_from],
                                             part.partition, 0)
-        ingest = _now_ms()
-        batch = None
-        if redis_from < len(records):
-            batch = PartitionBatch(offset_key=self.keys.offset_key(source, part.partition),
-                                   expected_offset=part.redis_offset, first_offset=c.offsets[redis_from],
-                                   last_offset=c.offsets[-1], watermark=c.watermark, layouts=src.plan.layouts)
-            indexes = [i for i in c.applied() if i >= redis_from]
-            if indexes:
-                try:
-                    src.plan.writes(self._con, applied_table(source, c, indexes, part.partition, ingest),
-                                    part.partition, batch, ingest)
-                except TransformFailed:
-                    self._reject_transform_failures(src, c, indexes, part.partition, ingest)
-                    batch.clear()
-                    indexes = [i for i in c.applied() if i >= redis_from]
-                    if indexes:
-                        src.plan.writes(self._con, applied_table(source, c, indexes, part.partition, ingest),
-                                        part.partition, batch, ingest)
-        return _Prepared(tp, part, records, c, redis_from, log_from, ingest, batch, started)
+        part.next_offset = c.offsets[-1] + 1
+        part.watermark = c.watermark
+        return _Prepared(tp, part, records, c, redis_from, log_from, 0, None, started)
 
     async def _commit(self, p: _Prepared) -> None:
         """Dead letters, the fenced apply, then the event log; a fenced batch resumes from the store."""
         part, c, src = p.part, p.c, p.part.source
+        if part.stale:  # an earlier batch of this partition was fenced: work resumed from the store
+            return
         if p.batch is not None:
             await self._dead_letters(src.source, part.partition, c, p.records, p.redis_from)
             if not await self._apply(p.tp, part, p.batch):
                 return
-            part.redis_offset = c.offsets[-1]
             written = _now_ms()
-            times = [c.event_times[i] for i in c.applied() if i >= p.redis_from]
+            times = [c.event_times[i] for i in _applied_from(c, p.redis_from)]
             histogram = self.metrics.freshness.labels(src.source.name)
             for et in times[:: max(1, len(times) // 64)]:  # a sample is enough for the histogram
                 histogram.observe(max(0, written - et) / 1000)  # type: ignore[operator]
@@ -326,8 +370,6 @@ class Materializer:
         if p.log_from < len(p.records):
             src.log.append(part.partition, log_table(src.log_schema, c, p.log_from, part.partition, p.ingest),
                            c.offsets[-1], c.watermark)
-        part.next_offset = c.offsets[-1] + 1
-        part.watermark = c.watermark
         name = src.source.name
         counts = Counter(c.status[p.redis_from:])
         for status in (APPLIED, LATE, INVALID):
@@ -348,6 +390,7 @@ class Materializer:
                 log.warning("online store unavailable; retrying the batch", error=str(exc), attempt=attempt)
                 await asyncio.sleep(_RETRY_S[min(attempt, len(_RETRY_S) - 1)])
         if not result.applied:
+            part.stale = True
             await self._refence(tp, part)
             return False
         return True
@@ -404,11 +447,14 @@ class Materializer:
 
 
 def _first_above(offsets: Sequence[int], offset: int) -> int:
-    """Index of the first offset > `offset` (len when none)."""
-    for i, o in enumerate(offsets):
-        if o > offset:
-            return i
-    return len(offsets)
+    """Index of the first offset > `offset` (len when none); offsets ascend."""
+    return bisect.bisect_right(offsets, offset)
+
+
+def _applied_from(c: Classified, start: int) -> list[int]:
+    """Indexes of the applied events at or after `start`."""
+    status = c.status
+    return [i for i in range(start, len(status)) if status[i] == APPLIED]
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
@@ -419,8 +465,10 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
 
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         async with self._m._lock:
+            await self._m._drain()
             self._m.revoke(list(revoked))
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         async with self._m._lock:
+            await self._m._drain()
             await self._m.assign(list(assigned))

@@ -1,14 +1,19 @@
 """Turn a micro-batch of applied events into online writes, with the batch path's SQL.
 
 For each online view of a source, DuckDB runs `transformed_sql` over the
-batch and then, per hop, `stat_sql` grouped by entity and tile start (the
-same stats the batch path computes over the log), or the argmax row per
-entity for latest-value views. The result is a `PartitionBatch` for
-`OnlineWriter.apply`.
+batch and then, per hop, `stat_sql` grouped by partition, entity and tile
+start (the same stats the batch path computes over the log), or the argmax
+row per partition and entity for latest-value views. The result is one
+`PartitionBatch` per partition for `OnlineWriter.apply`.
+
+One pass covers every partition of a fetch: a DuckDB query costs several
+milliseconds however few rows it reads, so running each view's SQL once per
+fetch instead of once per partition is what keeps small batches fast.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import duckdb
@@ -16,7 +21,7 @@ import pyarrow as pa
 
 from feature_store.aggregates import TileLayout, stat_sql, tile_layouts
 from feature_store.definitions import FeatureView, StreamSource
-from feature_store.online.codec import pack_latest, pack_stats
+from feature_store.online.codec import pack_latest, pack_stats_many
 from feature_store.online.keys import KeyLayout
 from feature_store.online.writer import PartitionBatch
 from feature_store.transforms import transformed_sql
@@ -24,7 +29,7 @@ from feature_store.transforms import transformed_sql
 __all__ = ["RELATION", "SourcePlan", "TransformFailed"]
 
 RELATION = "__batch"
-"""Name the micro-batch has in DuckDB: schema columns plus __event_time, __tie, __seq."""
+"""Name the micro-batch has in DuckDB: schema columns plus __event_time, __tie, __seq, __partition."""
 
 TTL_MARGIN_MS = 60_000
 """Keys live this much longer than the longest read reaching them."""
@@ -77,9 +82,9 @@ class SourcePlan:
             if view.is_windowed:
                 for layout in tile_layouts(view):
                     hop = layout.hop_ms
-                    sql = (f"SELECT {entity} AS __entity, __event_time - __event_time % {hop} AS __tile, "
-                           f"{', '.join(stat_sql(layout))} FROM {rows} WHERE {entity} IS NOT NULL "
-                           f"GROUP BY 1, 2 ORDER BY 1, 2")
+                    sql = (f"SELECT __partition, {entity} AS __entity, __event_time - __event_time % {hop} "
+                           f"AS __tile, {', '.join(stat_sql(layout))} FROM {rows} WHERE {entity} IS NOT NULL "
+                           f"GROUP BY 1, 2, 3 ORDER BY 1, 2, 3")
                     # reads at t reach back window - hop from t's tile; events (hence tiles) may lead the
                     # clock by the future tolerance
                     keep = layout.max_window_ms + hop + source.future_tolerance_ms
@@ -89,8 +94,8 @@ class SourcePlan:
                     self.layouts.append(layout)
             else:
                 fields = "".join(f', "{f}"' for f in view.fields)
-                sql = (f"SELECT {entity} AS __entity, __event_time, __tie, __seq{fields} FROM {rows} "
-                       f"WHERE {entity} IS NOT NULL QUALIFY row_number() OVER (PARTITION BY {entity} "
+                sql = (f"SELECT __partition, {entity} AS __entity, __event_time, __tie, __seq{fields} FROM {rows} "
+                       f"WHERE {entity} IS NOT NULL QUALIFY row_number() OVER (PARTITION BY __partition, {entity} "
                        f"ORDER BY __event_time DESC, __tie DESC, __seq DESC) = 1")
                 ttl = view.ttl_ms
                 pexpire, refresh = (0, 1) if ttl is None else _ttl(ttl + TTL_MARGIN_MS)
@@ -134,6 +139,11 @@ class SourcePlan:
     def writes(self, con: duckdb.DuckDBPyConnection, table: pa.Table, partition: int, batch: PartitionBatch,
                now_ms: int) -> None:
         """Add the tile and latest writes of `table` (applied rows of one partition) to `batch`."""
+        self.writes_many(con, table, {partition: batch}, now_ms)
+
+    def writes_many(self, con: duckdb.DuckDBPyConnection, table: pa.Table, batches: Mapping[int, PartitionBatch],
+                    now_ms: int) -> None:
+        """Add the writes of `table` (applied rows of several partitions) to the batch of each row's partition."""
         con.register(RELATION, table)
         try:
             for index, item in enumerate(self._sql):
@@ -143,20 +153,25 @@ class SourcePlan:
                     raise TransformFailed(str(exc).splitlines()[0]) from None
                 bucket = now_ms // item.refresh_ms
                 if item.layout is None:
-                    for entity, event_time, tie, seq, *values in rows:
+                    pexpire = item.pexpire_ms
+                    for partition, entity, event_time, tie, seq, *values in rows:
                         key = self._key(index, partition, entity)
-                        batch.add_latest(key, item.pexpire_ms, item.pexpire_ms > 0 and self._refresh(key, bucket),
-                                         event_time, tie, seq, pack_latest(event_time, tie, seq, values))
+                        batches[partition].add_latest(key, pexpire, pexpire > 0 and self._refresh(key, bucket),
+                                                      event_time, tie, seq, pack_latest(event_time, tie, seq, values))
                     continue
-                current: object = None
+                current: tuple[int, object] | None = None
                 tiles: list[tuple[int, bytes]] = []
-                for entity, tile, *stats in rows:  # ordered by entity, then tile
-                    if entity != current and tiles:
-                        self._add_tiles(batch, index, item, partition, current, bucket, tiles)
+                packed = pack_stats_many([row[3:] for row in rows])
+                for (partition, entity, tile, *_), stats in zip(rows, packed, strict=True):  # ordered
+                    group = (partition, entity)
+                    if group != current and tiles:
+                        assert current is not None
+                        self._add_tiles(batches[current[0]], index, item, current[0], current[1], bucket, tiles)
                         tiles = []
-                    current = entity
-                    tiles.append((tile, pack_stats(stats)))
+                    current = group
+                    tiles.append((tile, stats))
                 if tiles:
-                    self._add_tiles(batch, index, item, partition, current, bucket, tiles)
+                    assert current is not None
+                    self._add_tiles(batches[current[0]], index, item, current[0], current[1], bucket, tiles)
         finally:
             con.unregister(RELATION)
