@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -103,13 +104,17 @@ class SourcePlan:
 
     def _key(self, index: int, partition: int, entity: object) -> str:
         """`KeyLayout.state_key`, with the parts around the entity computed once per view and partition."""
+        before, after = self._parts(index, partition)
+        return f"{before}{entity}{after}"
+
+    def _parts(self, index: int, partition: int) -> tuple[str, str]:
         parts = self._key_parts.get((index, partition))
         if parts is None:
             item = self._sql[index]
             hop = None if item.layout is None else item.layout.hop_ms
             before, after = self.keys.state_key(item.view, partition, "\x00", hop).split("\x00")
             parts = self._key_parts[(index, partition)] = (before, after)
-        return f"{parts[0]}{entity}{parts[1]}"
+        return parts
 
     def _refresh(self, key: str, bucket: int) -> bool:
         if self._refreshed.get(key) == bucket:
@@ -119,11 +124,31 @@ class SourcePlan:
         self._refreshed[key] = bucket
         return True
 
-    def _add_tiles(self, batch: PartitionBatch, index: int, item: _ViewSql, partition: int, entity: object,
-                   bucket: int, tiles: list[tuple[int, bytes]]) -> None:
-        key = self._key(index, partition, entity)
-        batch.add_tiles(key, item.layout_index, item.pexpire_ms, item.keep_ms, item.period_ms,
-                        self._refresh(key, bucket), tiles)
+    def _tile_writes(self, index: int, item: _ViewSql, rows: list[tuple[Any, ...]],
+                     batches: Mapping[int, PartitionBatch], bucket: int) -> None:
+        """One tile item per (partition, entity) run of `rows` (ordered by partition, entity, tile)."""
+        packed = pack_stats_many([row[3:] for row in rows])
+        layout, pexpire, keep, period = item.layout_index, item.pexpire_ms, item.keep_ms, item.period_ms
+        n, i = len(rows), 0
+        partition: int | None = None
+        batch: PartitionBatch | None = None
+        before = after = ""
+        while i < n:
+            row = rows[i]
+            if row[0] != partition:
+                partition = row[0]
+                batch = batches[partition]
+                before, after = self._parts(index, partition)
+            entity = row[1]
+            fields = [str(row[2]), packed[i]]
+            i += 1
+            while i < n and rows[i][1] == entity and rows[i][0] == partition:
+                fields.append(str(rows[i][2]))
+                fields.append(packed[i])
+                i += 1
+            key = f"{before}{entity}{after}"
+            assert batch is not None
+            batch.add_tile_fields(key, layout, pexpire, keep, period, self._refresh(key, bucket), fields)
 
     def check(self, con: duckdb.DuckDBPyConnection, table: pa.Table) -> None:
         """Raise TransformFailed if any view's SQL fails on `table` (used to find bad rows)."""
@@ -159,19 +184,6 @@ class SourcePlan:
                         batches[partition].add_latest(key, pexpire, pexpire > 0 and self._refresh(key, bucket),
                                                       event_time, tie, seq, pack_latest(event_time, tie, seq, values))
                     continue
-                current: tuple[int, object] | None = None
-                tiles: list[tuple[int, bytes]] = []
-                packed = pack_stats_many([row[3:] for row in rows])
-                for (partition, entity, tile, *_), stats in zip(rows, packed, strict=True):  # ordered
-                    group = (partition, entity)
-                    if group != current and tiles:
-                        assert current is not None
-                        self._add_tiles(batches[current[0]], index, item, current[0], current[1], bucket, tiles)
-                        tiles = []
-                    current = group
-                    tiles.append((tile, stats))
-                if tiles:
-                    assert current is not None
-                    self._add_tiles(batches[current[0]], index, item, current[0], current[1], bucket, tiles)
+                self._tile_writes(index, item, rows, batches, bucket)
         finally:
             con.unregister(RELATION)

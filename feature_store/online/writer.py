@@ -69,12 +69,17 @@ class PartitionBatch:
         whose start is a multiple of `period_ms` drops the tiles older than it minus
         `keep_ms`; `refresh` pushes the TTL forward (always done when a tile is created).
         """
-        item: list[Any] = [1, layout + 1, pexpire_ms, keep_ms, int(refresh), period_ms]
+        fields: list[Any] = []
         for start, packed in tiles:
-            item.append(str(start))
-            item.append(packed)
+            fields.append(str(start))
+            fields.append(packed)
+        self.add_tile_fields(key, layout, pexpire_ms, keep_ms, period_ms, refresh, fields)
+
+    def add_tile_fields(self, key: str, layout: int, pexpire_ms: int, keep_ms: int, period_ms: int, refresh: bool,
+                        fields: list[Any]) -> None:
+        """`add_tiles` with the tiles already flat: [str(start), packed, str(start), packed, ...] (hot path)."""
         self.keys.append(key)
-        self.items.append(item)
+        self.items.append([1, layout + 1, pexpire_ms, keep_ms, int(refresh), period_ms, *fields])
 
     def add_latest(self, key: str, pexpire_ms: int, refresh: bool, event_time: int, tie: int, seq: int,
                    packed: bytes) -> None:
