@@ -42,7 +42,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from feature_store.aggregates import TileLayout, empty_stats, merge, tile_layouts  # noqa: E402
+from feature_store.aggregates import empty_stats, event_stats, merge, tile_layouts  # noqa: E402
 from feature_store.definitions import FeatureService, FeatureView  # noqa: E402
 from feature_store.online import KeyLayout, OnlineReader, pack_stats, partition_for  # noqa: E402
 from feature_store.windows import tile_start  # noqa: E402
@@ -68,23 +68,6 @@ bench8 = FeatureService(
 # ---------------------------------------------------------------- state
 
 
-def _one(layout: TileLayout, t: int, row: dict[str, Any], seq: int) -> list[Any]:
-    out = empty_stats(layout)
-    for i, stat in enumerate(layout.stats):
-        value = None if stat.column == "*" else row.get(stat.column)
-        if stat.stat == "et":
-            out[i] = t
-        elif stat.stat == "n":
-            out[i] = 1 if stat.column == "*" or value is not None else 0
-        elif value is None:
-            continue
-        elif stat.stat == "s":
-            out[i] = float(value)
-        elif stat.stat in ("mn", "mx", "lv"):
-            out[i] = value
-        elif stat.stat in ("lt", "lk", "lq"):
-            out[i] = {"lt": t, "lk": t, "lq": seq}[stat.stat]
-    return out
 
 
 def write_state(redis_url: str, view: FeatureView, users: int, now: int, events_per_user: int) -> int:
@@ -111,7 +94,8 @@ def write_state(redis_url: str, view: FeatureView, users: int, now: int, events_
             for t, row in events:
                 seq += 1
                 start = tile_start(t, layout.hop_ms)
-                tiles[start] = merge(layout, tiles.get(start, empty_stats(layout)), _one(layout, t, row, seq))
+                one = event_stats(layout, row, event_time=t, tie=t, seq=seq)
+                tiles[start] = merge(layout, tiles.get(start, empty_stats(layout)), one)
             pipe.hset(keys.state_key(view, partition, entity, layout.hop_ms),
                       mapping={str(s): pack_stats(v) for s, v in tiles.items()})
             written += 1

@@ -37,6 +37,7 @@ __all__ = [
     "Stat",
     "TileLayout",
     "empty_stats",
+    "event_stats",
     "finalize",
     "finalize_sql",
     "merge",
@@ -144,6 +145,29 @@ def tile_layouts(view: FeatureView) -> list[TileLayout]:
 def empty_stats(layout: TileLayout) -> list[Any]:
     """The identity of `merge`: no events."""
     return [NO_ORDER if s.stat in ("et", "lt", "lk", "lq") else (False if s.stat == "lv" else 0) for s in layout.stats]
+
+
+def event_stats(layout: TileLayout, row: Mapping[str, Any], *, event_time: int, tie: int, seq: int) -> list[Any]:
+    """The stat vector of a single event (what `stat_sql` gives for a group of one row).
+
+    For writing online state by hand: test fixtures and benchmarks.
+    """
+    out = empty_stats(layout)
+    for i, stat in enumerate(layout.stats):
+        value = None if stat.column == "*" else row.get(stat.column)
+        if stat.stat == "et":
+            out[i] = event_time
+        elif stat.stat == "n":
+            out[i] = 1 if stat.column == "*" or value is not None else 0
+        elif value is None:
+            continue
+        elif stat.stat == "s":
+            out[i] = float(value)
+        elif stat.stat in ("mn", "mx", "lv"):
+            out[i] = value
+        elif stat.stat in ("lt", "lk", "lq"):
+            out[i] = {"lt": event_time, "lk": tie, "lq": seq}[stat.stat]
+    return out
 
 
 def _quoted(column: str) -> str:

@@ -15,6 +15,7 @@ from feature_store.aggregates import (
     NO_ORDER,
     TileLayout,
     empty_stats,
+    event_stats,
     finalize,
     finalize_sql,
     merge,
@@ -136,3 +137,10 @@ def test_one_layout_per_hop(window: str, hop: str | None) -> None:
                        aggregations=[Aggregation(column="x", function="sum", window=window, hop=hop)])
     (layout,) = tile_layouts(view)
     assert layout.max_window_ms % layout.hop_ms == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(event)
+def test_event_stats_equal_stat_sql_of_one_row(e: Event) -> None:
+    value, event_time, tie, seq = e
+    assert event_stats(LAYOUT, {"x": value}, event_time=event_time, tie=tie, seq=seq) == stats_of([e])

@@ -16,7 +16,7 @@ import redis
 from fastapi import FastAPI
 from starlette.testclient import TestClient
 
-from feature_store.aggregates import TileLayout, empty_stats, merge, tile_layouts
+from feature_store.aggregates import empty_stats, event_stats, merge, tile_layouts
 from feature_store.definitions import (
     Aggregation,
     BatchSource,
@@ -101,24 +101,6 @@ def store(redis_url: str, config: ServingConfig) -> Iterator[OnlineWriter]:
     r.close()
 
 
-def _one(layout: TileLayout, t: int, row: dict[str, Any], seq: int) -> list[Any]:
-    """The stat vector of a single event."""
-    out = empty_stats(layout)
-    for i, stat in enumerate(layout.stats):
-        value = None if stat.column == "*" else row.get(stat.column)
-        if stat.stat == "et":
-            out[i] = t
-        elif stat.stat == "n":
-            out[i] = 1 if stat.column == "*" or value is not None else 0
-        elif value is None:
-            continue
-        elif stat.stat == "s":
-            out[i] = float(value)
-        elif stat.stat in ("mn", "mx", "lv"):
-            out[i] = value
-        elif stat.stat in ("lt", "lk", "lq"):
-            out[i] = {"lt": t, "lk": t, "lq": seq}[stat.stat]
-    return out
 
 
 class OnlineWriter:
@@ -137,7 +119,8 @@ class OnlineWriter:
             for t, row in rows:
                 self.seq += 1
                 start = tile_start(t, layout.hop_ms)
-                tiles[start] = merge(layout, tiles.get(start, empty_stats(layout)), _one(layout, t, row, self.seq))
+                one = event_stats(layout, row, event_time=t, tie=t, seq=self.seq)
+                tiles[start] = merge(layout, tiles.get(start, empty_stats(layout)), one)
             key = self.keys.state_key(view, partition, entity, layout.hop_ms)
             self.r.hset(key, mapping={str(s): pack_stats(v) for s, v in tiles.items()})
 
