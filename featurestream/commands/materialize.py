@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from feature_store.settings import load_settings
+from featurestream.commands._options import DataDirOption, RegistryOption, RepoOption
 
 __all__ = ["materialize", "parse_time"]
 
@@ -42,16 +42,10 @@ def materialize(
     ignore_ingest_time: Annotated[
         bool, typer.Option("--ignore-ingest-time", help="Count events by event time only, not as served.")
     ] = False,
-    repo: Annotated[
-        Path | None, typer.Option(help="Feature repo file/folder, used when the registry holds no definitions.")
-    ] = None,
+    repo: RepoOption = None,
     redis: Annotated[str | None, typer.Option(envvar="FEATURESTREAM_REDIS", help="Redis URL to write to.")] = None,
-    data_dir: Annotated[
-        Path | None, typer.Option(envvar="FEATURESTREAM_DATA_DIR", help="Offline store root (event log, sources).")
-    ] = None,
-    registry: Annotated[
-        Path | None, typer.Option(envvar="FEATURESTREAM_REGISTRY", help="Registry file holding the definitions.")
-    ] = None,
+    data_dir: DataDirOption = None,
+    registry: RegistryOption = None,
 ) -> None:
     """Compute the online state at END from the event log and batch sources and write it to Redis.
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from feature_store.settings import load_settings
+from featurestream.commands._options import DataDirOption, RegistryOption, RepoOption
 
 __all__ = ["score"]
 
@@ -26,15 +27,9 @@ def score(
     out: Annotated[Path, typer.Option(help="Parquet to write: input, features, prediction, model_version.")],
     version: Annotated[int | None, typer.Option(help="Model version (default: production).")] = None,
     timestamp_column: Annotated[str, typer.Option(help="Column holding each row's time.")] = "event_timestamp",
-    repo: Annotated[
-        Path | None, typer.Option(help="Feature repo file/folder, used when the registry holds no definitions.")
-    ] = None,
-    data_dir: Annotated[
-        Path | None, typer.Option(envvar="FEATURESTREAM_DATA_DIR", help="Offline store root (event log, sources).")
-    ] = None,
-    registry: Annotated[
-        Path | None, typer.Option(envvar="FEATURESTREAM_REGISTRY", help="Registry file holding the definitions.")
-    ] = None,
+    repo: RepoOption = None,
+    data_dir: DataDirOption = None,
+    registry: RegistryOption = None,
 ) -> None:
     """Score every entity row with the model version and write the predictions to Parquet."""
     import pyarrow as pa

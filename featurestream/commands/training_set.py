@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from feature_store.settings import load_settings
+from featurestream.commands._options import DataDirOption, RegistryOption, RepoOption
 
 __all__ = ["training_set"]
 
@@ -28,15 +29,9 @@ def training_set(
         bool, typer.Option("--ignore-ingest-time",
                            help="Count events by event time only (pure backfill), not as they were served.")
     ] = False,
-    repo: Annotated[
-        Path | None, typer.Option(help="Feature repo file/folder, used when the registry holds no definitions.")
-    ] = None,
-    data_dir: Annotated[
-        Path | None, typer.Option(envvar="FEATURESTREAM_DATA_DIR", help="Offline store root (event log, sources).")
-    ] = None,
-    registry: Annotated[
-        Path | None, typer.Option(envvar="FEATURESTREAM_REGISTRY", help="Registry file holding the definitions.")
-    ] = None,
+    repo: RepoOption = None,
+    data_dir: DataDirOption = None,
+    registry: RegistryOption = None,
 ) -> None:
     """Join features to entity rows as of each row's time and write Parquet.
 
