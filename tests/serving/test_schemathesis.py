@@ -11,6 +11,11 @@ import contextlib
 
 import pytest
 import schemathesis
+
+# Imported here, at collection, not lazily inside the test: pytest rewrites (ast.parse) the modules of
+# plugin packages on first import, and CPython 3.11.7 can fail that parse with "AST constructor
+# recursion depth mismatch" once earlier hypothesis tests have moved the recursion limit (gh-106905).
+import schemathesis.specs.openapi.schemas
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
