@@ -46,6 +46,7 @@ from feature_store.local_stack import LocalStack
 from feature_store.repo import FeatureRepo, load_repo
 from feature_store.settings import Settings, load_settings
 from featurestream.demo_traffic import Traffic
+from schemas import now_ms
 
 __all__ = ["Demo", "DemoConfig", "DemoFailed", "DemoReport", "StepResult", "print_report"]
 
@@ -206,7 +207,7 @@ class Demo:
 
     def _profiles(self) -> str:
         settings = self._settings()
-        now = _now_ms()
+        now = now_ms()
         table = profiles_table(self.config.users, start_ms=now - 90 * DAY_MS, seed=self.config.seed)
         path = settings.data_dir / "sources" / "profiles" / "profiles.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -254,7 +255,7 @@ class Demo:
     def _publish(self) -> str:
         settings = self._settings()
         generator = TransactionGenerator(users=self.config.users, seed=self.config.seed,
-                                         start_ms=_now_ms() - self.config.events * 40, spacing_ms=40)
+                                         start_ms=now_ms() - self.config.events * 40, spacing_ms=40)
         self.traffic = Traffic(settings, self.repo, generator, console=self.console)
         stats = self.traffic.publish_history(self.config.events, self.config.malformed_every,
                                              timeout_s=self.remaining(), alive=self._alive)
@@ -370,9 +371,6 @@ _SHOWN_METRICS = ("roc_auc", "log_loss", "accuracy", "brier")
 def _metrics_text(metrics: dict[str, Any]) -> str:
     return ", ".join(f"{k} {metrics[k]:.3f}" for k in _SHOWN_METRICS if isinstance(metrics.get(k), float))
 
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _one_line(exc: BaseException) -> str:

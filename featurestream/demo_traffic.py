@@ -24,7 +24,7 @@ from feature_store.examples.card_fraud.data import TransactionGenerator
 from feature_store.online.keys import entity_key_bytes
 from feature_store.repo import FeatureRepo
 from feature_store.settings import Settings
-from schemas import LABELS
+from schemas import LABELS, now_ms
 
 __all__ = ["Traffic"]
 
@@ -64,7 +64,7 @@ class Traffic:
         """
         deadline = time.monotonic() + timeout_s
         self.history = list(self.generator.events(n))
-        shift = _now_ms() - max(e["ts"] for e, _ in self.history)
+        shift = now_ms() - max(e["ts"] for e, _ in self.history)
         for event, _ in self.history:
             event["ts"] += shift
         warm = max(1, n // 50)
@@ -76,7 +76,7 @@ class Traffic:
             event["ts"] += later
         malformed = _malformed(self.history[warm:], malformed_every)
         began = time.monotonic()
-        first_ms = _now_ms()
+        first_ms = now_ms()
         asyncio.run(self._send([e for e, _ in self.history[warm:]], malformed))
         publish_s = time.monotonic() - began
         counts = self._wait_logged(n, len(malformed), deadline - time.monotonic(), alive)
@@ -244,7 +244,7 @@ class Traffic:
                 if time.monotonic() > deadline:
                     break
                 batch = fresh[start:start + _PREDICT_BATCH]
-                now = _now_ms()
+                now = now_ms()
                 for event, _ in batch:
                     event["user_id"] = rng.choice(known)  # users with history: their features are present
                     event["ts"] = now  # live traffic happens now
@@ -259,7 +259,7 @@ class Traffic:
                 for (event, label), answer in zip(batch, response.json()["predictions"], strict=True):
                     predicted += answer["prediction"] is not None
                     fallbacks += bool(answer["fallback"])
-                    record = LABELS.validate({"request_id": answer["request_id"], "event_time": _now_ms(),
+                    record = LABELS.validate({"request_id": answer["request_id"], "event_time": now_ms(),
                                               "label": 1.0 if label else 0.0, "model": model})
                     labels.append((entity_key_bytes(answer["request_id"]), orjson.dumps(record)))
                     if len(sample) < 5:
@@ -342,6 +342,3 @@ def _labels_topic() -> str:
         return "_labels"
     return LABELS_TOPIC
 
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000

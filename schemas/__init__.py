@@ -9,7 +9,7 @@ from schemas.compat import check_compatible
 from schemas.event_schema import BatchValidation, EventSchema
 from schemas.fields import FIELD_TYPES, Field, FieldType
 from schemas.records import LABELS, PREDICTION_LOG
-from schemas.timestamps import to_epoch_ms
+from schemas.timestamps import now_ms, to_epoch_ms
 
 __all__ = [
     "FIELD_TYPES",
@@ -20,5 +20,6 @@ __all__ = [
     "Field",
     "FieldType",
     "check_compatible",
+    "now_ms",
     "to_epoch_ms",
 ]

@@ -7,12 +7,13 @@ hold, so conversions happen once, here, at the edge.
 from __future__ import annotations
 
 import math
+import time
 from datetime import UTC, datetime
 
 from schemas._describe import describe
 from schemas.errors import SchemaError
 
-__all__ = ["MAX_EPOCH_MS", "MIN_EPOCH_MS", "to_epoch_ms"]
+__all__ = ["MAX_EPOCH_MS", "MIN_EPOCH_MS", "now_ms", "to_epoch_ms"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MIN_EPOCH_MS = -62_135_596_800_000
@@ -21,6 +22,11 @@ MAX_EPOCH_MS = 253_402_300_799_999
 """9999-12-31T23:59:59.999Z, the last instant a `datetime` can hold (inclusive)."""
 
 _EXPECTED = "expected epoch milliseconds or an ISO-8601 string with a timezone"
+
+
+def now_ms() -> int:
+    """The wall clock as int epoch milliseconds (UTC): the one clock helper everyone uses."""
+    return time.time_ns() // 1_000_000
 
 
 def to_epoch_ms(value: int | float | str | datetime) -> int:

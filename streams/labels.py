@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +43,7 @@ from feature_store.settings import Settings
 from feature_store.training import Approvals, RunStore
 from feature_store.training.live import LABELS_TOPIC, LiveKeys, perf_fields
 from schemas import LABELS, PREDICTION_LOG
+from schemas import now_ms as wall_clock_ms
 from streams.learning import OnlineTrainer, ShadowScorer
 
 __all__ = ["FlowConfig", "JoinConfig", "JoinOutcome", "JoinedLabel", "LabelFlows", "LabelJoiner", "install"]
@@ -87,9 +87,6 @@ class JoinOutcome:
     joined: JoinedLabel | None = None
     reason: str = ""
 
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _text(value: Any) -> str:
@@ -156,7 +153,7 @@ class LabelJoiner:
         if outcome is not None:
             return outcome
         label_id = f"{source}:{offset}" if offset is not None else orjson.dumps(checked).decode()
-        deadline = (now_ms if now_ms is not None else _now_ms()) + int(self.config.wait_s * 1000)
+        deadline = (now_ms if now_ms is not None else wall_clock_ms()) + int(self.config.wait_s * 1000)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zadd(self.keys.pending, {label_id: deadline}, nx=True)
             pipe.hset(self.keys.pending_data, label_id, orjson.dumps({"label": checked, "source": source}))
@@ -210,7 +207,7 @@ class LabelJoiner:
 
     async def sweep(self, now_ms: int | None = None) -> list[JoinOutcome]:
         """Retry pending labels: join those whose prediction arrived, orphan those past their wait."""
-        now = now_ms if now_ms is not None else _now_ms()
+        now = now_ms if now_ms is not None else wall_clock_ms()
         entries = await self.redis.zrange(self.keys.pending, 0, self.config.sweep_batch - 1, withscores=True)
         results: list[JoinOutcome] = []
         for member, deadline in entries:

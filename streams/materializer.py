@@ -39,6 +39,7 @@ from feature_store.online.keys import KeyLayout
 from feature_store.online.writer import NO_OFFSET, OnlineWriter, PartitionBatch
 from feature_store.publish import ensure_topics
 from feature_store.repo import FeatureRepo
+from schemas import now_ms
 from streams.batch import APPLIED, INVALID, LATE, Classified, applied_table, classify, log_schema, log_table
 from streams.dlq import dead_letter_headers
 from streams.metrics import WorkerMetrics
@@ -103,9 +104,6 @@ class _Source:
     log: EventLogWriter
     log_schema: Any
 
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Materializer:
@@ -298,7 +296,7 @@ class Materializer:
         """
         started = time.perf_counter()
         staged = [p for tp, records in batches.items() if (p := self._stage(tp, records, started)) is not None]
-        ingest = _now_ms()  # the tie of every event applied from this fetch
+        ingest = now_ms()  # the tie of every event applied from this fetch
         by_source: dict[str, list[_Prepared]] = {}
         for p in staged:
             p.ingest = ingest
@@ -351,7 +349,7 @@ class Materializer:
             return None
         part.gap_checked = False
         src = part.source
-        c = classify(src.source, [r.value for r in records], [r.offset for r in records], part.watermark, _now_ms())
+        c = classify(src.source, [r.value for r in records], [r.offset for r in records], part.watermark, now_ms())
         redis_from = _first_above(c.offsets, part.redis_offset)
         logged = src.log.position(part.partition)
         log_from = _first_above(c.offsets, NO_OFFSET if logged is None else logged.offset)
@@ -371,7 +369,7 @@ class Materializer:
             await self._dead_letters(src.source, part.partition, c, p.records, p.redis_from)
             if not await self._apply(p.tp, part, p.batch):
                 return
-            written = _now_ms()
+            written = now_ms()
             times = [c.event_times[i] for i in _applied_from(c, p.redis_from)]
             histogram = self.metrics.freshness.labels(src.source.name)
             for et in times[:: max(1, len(times) // 64)]:  # a sample is enough for the histogram

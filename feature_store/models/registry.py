@@ -18,9 +18,8 @@ import builtins
 import hashlib
 import os
 import sqlite3
-import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -29,6 +28,8 @@ import orjson
 
 from feature_store.errors import DefinitionError, ModelIntegrityError, RegistryError, UnknownFeatureError
 from feature_store.models.flavors import FLAVORS, Flavor, LoadedModel, artifact_bytes, load_model
+from feature_store.sqlite_store import open_store
+from schemas import now_ms
 
 if TYPE_CHECKING:
     from feature_store.settings import Settings
@@ -105,9 +106,6 @@ class AuditEntry:
                 "to_stage": self.to_stage, "actor": self.actor, "reason": self.reason, "at": self.at}
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
 
 class ModelRegistry:
     """Registered models of one deployment; cheap to build, one SQLite connection per call."""
@@ -125,20 +123,8 @@ class ModelRegistry:
         """`models.sqlite` next to the registry file; artifacts under the data dir."""
         return cls(Path(settings.registry).parent / "models.sqlite", Path(settings.data_dir) / "models" / "artifacts")
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        try:
-            db = sqlite3.connect(self.db_path, timeout=10.0, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise RegistryError(f"cannot open the model registry {str(self.db_path)!r}: {exc}") from None
-        try:
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
-            yield db
-        except sqlite3.Error as exc:
-            raise RegistryError(f"model registry {str(self.db_path)!r} failed: {exc}") from None
-        finally:
-            db.close()
+    def _connect(self) -> AbstractContextManager[sqlite3.Connection]:
+        return open_store(self.db_path, "model registry")
 
     # ------------------------------------------------------------ writes
 
@@ -178,7 +164,7 @@ class ModelRegistry:
             raise DefinitionError(f"data_range {data_range!r} must be (start_ms, end_ms) with start <= end")
         sha = hashlib.sha256(data).hexdigest()
         self._write_artifact(sha, data)
-        now = _now_ms()
+        now = now_ms()
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             row = db.execute("SELECT coalesce(max(version), 0) FROM versions WHERE name = ?", (name,)).fetchone()
@@ -203,7 +189,7 @@ class ModelRegistry:
         """Move a version to `stage`; promoting to production archives the current production version."""
         if stage not in STAGES:
             raise DefinitionError(f"stage {stage!r} is not known; use one of {', '.join(STAGES)}")
-        now = _now_ms()
+        now = now_ms()
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             current = self._row(db, name, version)
@@ -219,7 +205,7 @@ class ModelRegistry:
 
     def rollback(self, name: str, *, actor: str = "system", reason: str = "") -> ModelVersion:
         """Production goes back to the version that was in production before the current one."""
-        now = _now_ms()
+        now = now_ms()
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             self._require_model(db, name)

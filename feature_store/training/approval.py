@@ -17,17 +17,18 @@ State lives in `approvals.sqlite` next to the registry.
 from __future__ import annotations
 
 import sqlite3
-import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from feature_store.errors import ApprovalError, RegistryError, UnknownFeatureError
+from feature_store.errors import ApprovalError, UnknownFeatureError
 from feature_store.models import ModelRegistry, ModelVersion
+from feature_store.sqlite_store import open_store
+from schemas import now_ms
 
 if TYPE_CHECKING:
     from feature_store.settings import Settings
@@ -49,9 +50,6 @@ CREATE TABLE IF NOT EXISTS events (
 );
 """
 
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,25 +87,13 @@ class Approvals:
         return cls(registry or ModelRegistry.from_settings(settings),
                    Path(settings.registry).parent / "approvals.sqlite")
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        try:
-            db = sqlite3.connect(self.db_path, timeout=10.0, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise RegistryError(f"cannot open the approvals store {str(self.db_path)!r}: {exc}") from None
-        try:
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
-            yield db
-        except sqlite3.Error as exc:
-            raise RegistryError(f"approvals store {str(self.db_path)!r} failed: {exc}") from None
-        finally:
-            db.close()
+    def _connect(self) -> AbstractContextManager[sqlite3.Connection]:
+        return open_store(self.db_path, "approvals store")
 
     def _event(self, db: sqlite3.Connection, model: str, version: int | None, action: str, actor: str,
                reason: str, metrics: Mapping[str, Any] | None = None) -> None:
         db.execute("INSERT INTO events (model, version, action, actor, reason, metrics, at) VALUES (?,?,?,?,?,?,?)",
-                   (model, version, action, actor, reason, orjson.dumps(dict(metrics or {})).decode(), _now_ms()))
+                   (model, version, action, actor, reason, orjson.dumps(dict(metrics or {})).decode(), now_ms()))
 
     # -- challenger
     def set_challenger(self, model: str, version: int, *, actor: str, reason: str = "") -> ModelVersion:
@@ -121,7 +107,7 @@ class Approvals:
         with self._connect() as db:
             db.execute("INSERT INTO challengers VALUES (?,?,?,?) ON CONFLICT(model) DO UPDATE SET "
                        "version = excluded.version, set_by = excluded.set_by, set_at = excluded.set_at",
-                       (model, version, actor, _now_ms()))
+                       (model, version, actor, now_ms()))
             self._event(db, model, version, "challenger", actor, reason or "set as challenger")
         return mv
 
@@ -153,7 +139,7 @@ class Approvals:
             cur = db.execute(
                 "INSERT INTO requests (model, version, requested_by, reason, metrics, requested_at, status) "
                 "VALUES (?,?,?,?,?,?,'pending')",
-                (model, version, requester, reason, orjson.dumps(snapshot).decode(), _now_ms()))
+                (model, version, requester, reason, orjson.dumps(snapshot).decode(), now_ms()))
             self._event(db, model, version, "request", requester, reason, snapshot)
             request_id = int(cur.lastrowid or 0)
         return self.request(request_id)
@@ -170,7 +156,7 @@ class Approvals:
             reason=f"request {request_id} by {req.requested_by}: {req.reason}; approved by {approver}: {why}")
         with self._connect() as db:
             db.execute("UPDATE requests SET status='approved', decided_by=?, decided_at=?, decision_reason=? "
-                       "WHERE id=?", (approver, _now_ms(), why, request_id))
+                       "WHERE id=?", (approver, now_ms(), why, request_id))
             db.execute("DELETE FROM challengers WHERE model = ? AND version = ?", (req.model, req.version))
             self._event(db, req.model, req.version, "approve", approver, why, req.metrics)
         return promoted
@@ -182,7 +168,7 @@ class Approvals:
                                 "a different API key must decide it (four eyes)")
         with self._connect() as db:
             db.execute("UPDATE requests SET status='rejected', decided_by=?, decided_at=?, decision_reason=? "
-                       "WHERE id=?", (approver, _now_ms(), reason, request_id))
+                       "WHERE id=?", (approver, now_ms(), reason, request_id))
             self._event(db, req.model, req.version, "reject", approver, reason, req.metrics)
         return self.request(request_id)
 

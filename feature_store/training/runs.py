@@ -11,17 +11,18 @@ from __future__ import annotations
 import functools
 import sqlite3
 import subprocess
-import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
-from feature_store.errors import RegistryError, UnknownFeatureError
+from feature_store.errors import UnknownFeatureError
+from feature_store.sqlite_store import open_store
+from schemas import now_ms
 
 if TYPE_CHECKING:
     from feature_store.settings import Settings
@@ -55,9 +56,6 @@ def code_version() -> str | None:
     return f"{sha}+dirty" if dirty else sha or None
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
 
 @dataclass(frozen=True, kw_only=True)
 class TrainingRun:
@@ -77,7 +75,7 @@ class TrainingRun:
     time_range: tuple[int, int] | None = None  # event-time range of the data (epoch ms, inclusive)
     model_version: int | None = None  # registry version; None when rejected or failed
     code_version: str | None = None
-    started_at: int = field(default_factory=_now_ms)
+    started_at: int = field(default_factory=now_ms)
     duration_s: float = 0.0
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
@@ -109,19 +107,8 @@ class RunStore:
     def from_settings(cls, settings: Settings) -> RunStore:
         return cls(Path(settings.registry).parent / "runs.sqlite")
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        try:
-            db = sqlite3.connect(self.db_path, timeout=10.0, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise RegistryError(f"cannot open the run store {str(self.db_path)!r}: {exc}") from None
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            yield db
-        except sqlite3.Error as exc:
-            raise RegistryError(f"run store {str(self.db_path)!r} failed: {exc}") from None
-        finally:
-            db.close()
+    def _connect(self) -> AbstractContextManager[sqlite3.Connection]:
+        return open_store(self.db_path, "run store", rows=False)
 
     def record(self, run: TrainingRun) -> TrainingRun:
         with self._connect() as db:

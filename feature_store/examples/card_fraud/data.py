@@ -58,7 +58,8 @@ class TransactionGenerator:
         rng = self._rng
         for _ in range(n):
             self._clock += int(rng.expovariate(1.0 / self.spacing_ms)) if self.spacing_ms else 0
-            u = min(int(rng.paretovariate(1.2)) - 1, self.users - 1) if rng.random() < 0.5 else rng.randrange(self.users)
+            heavy = rng.random() < 0.5  # half the traffic comes from a few heavy users
+            u = min(int(rng.paretovariate(1.2)) - 1, self.users - 1) if heavy else rng.randrange(self.users)
             foreign = rng.random() < 0.08
             country = rng.choice([c for c in COUNTRIES if c != self._home[u]]) if foreign else self._home[u]
             amount = round(self._typical[u] * math.exp(rng.gauss(0.0, 0.7)) * (4.0 if rng.random() < 0.03 else 1.0), 2)
