@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 import orjson
 
@@ -113,11 +113,11 @@ class StreamSource:
 
     @property
     def allowed_lateness_ms(self) -> int:
-        return int(self.allowed_lateness)  # normalized to ms in __post_init__
+        return cast(int, self.allowed_lateness)  # normalized to ms in __post_init__
 
     @property
     def future_tolerance_ms(self) -> int:
-        return int(self.future_tolerance)
+        return cast(int, self.future_tolerance)
 
     @property
     def dlq_topic(self) -> str:
@@ -232,11 +232,11 @@ class Aggregation:
 
     @property
     def window_ms(self) -> int:
-        return int(self.window)  # normalized to ms in __post_init__
+        return cast(int, self.window)  # normalized to ms in __post_init__
 
     @property
     def hop_ms(self) -> int:
-        return int(self.hop)  # type: ignore[arg-type]  # normalized to ms in __post_init__
+        return cast(int, self.hop)  # normalized to ms in __post_init__
 
     def to_dict(self) -> dict[str, Any]:
         return {"column": self.column, "function": self.function, "window": self.window_ms,
@@ -342,7 +342,7 @@ class FeatureView:
 
     @property
     def ttl_ms(self) -> int | None:
-        return None if self.ttl is None else int(self.ttl)
+        return None if self.ttl is None else cast(int, self.ttl)
 
     @property
     def hops_ms(self) -> list[int]:
@@ -411,7 +411,7 @@ class StalenessPolicy:
 
     @property
     def max_age_ms(self) -> int:
-        return int(self.max_age)
+        return cast(int, self.max_age)
 
     def to_dict(self) -> dict[str, Any]:
         return {"max_age": self.max_age_ms, "action": self.action}
@@ -497,7 +497,7 @@ class _FrozenDict(dict[str, Any]):
     def _readonly(self, *args: object, **kwargs: object) -> None:
         raise TypeError("definitions are frozen; build a new one instead")
 
-    __setitem__ = __delitem__ = _readonly  # type: ignore[assignment]
+    __setitem__ = __delitem__ = _readonly
     update = pop = popitem = clear = setdefault = _readonly  # type: ignore[assignment]
 
 

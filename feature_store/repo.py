@@ -42,17 +42,11 @@ class FeatureRepo:
         for item in items:
             if isinstance(item, FeatureView):
                 items.extend([item.entity, item.source])
+        buckets: dict[type, dict[str, Any]] = {Entity: entities, StreamSource: sources, BatchSource: sources,
+                                               FeatureView: views, FeatureService: services}
         for item in items:
-            target: dict[str, Any]
-            if isinstance(item, Entity):
-                target = entities
-            elif isinstance(item, StreamSource | BatchSource):
-                target = sources
-            elif isinstance(item, FeatureView):
-                target = views
-            elif isinstance(item, FeatureService):
-                target = services
-            else:
+            target = buckets.get(type(item))
+            if target is None:  # not a definition (callers may pass whatever a module holds)
                 continue
             existing = target.get(item.name)
             if existing is not None and existing != item:

@@ -96,6 +96,7 @@ def create_app(settings: Settings, repo: FeatureRepo, options: WorkerOptions | N
         broker_session_timeout=settings.kafka_session_timeout_s,
         broker_heartbeat_interval=settings.kafka_heartbeat_s,
         store="memory://",
+        datadir=str(config.data_dir / "faust"),  # Faust's own files stay in the data dir, not the working directory
         web_enabled=False,
         topic_partitions=1,
         autodiscover=False,
