@@ -13,6 +13,13 @@
 --                pexpire_ms 0: no expiry; the TTL is set when refresh is 1 or the script creates the
 --                key/tile (the writer refreshes each key at most once per interval: PEXPIRE is costly)
 -- Returns {'applied', last} or {'fenced', stored}.
+--
+-- Every tile hash also holds two marker fields for readers that cache closed tiles
+-- (feature_store/online/tile_cache.py): '~t' the newest tile start ever written to the hash, and
+-- '~m' a version that changes whenever a tile older than '~t' is written or pruned. A hash
+-- without '~m' (new, or rewritten by materialization, which deletes both) gets a fresh '~m'
+-- from the server clock in microseconds - larger than any value an earlier life of the key
+-- reached by +1 bumps - and '~t' = its newest tile present.
 
 local stored = redis.call('HGET', KEYS[1], 'offset')
 local stored_n = -1
@@ -78,14 +85,30 @@ for index, item in ipairs(cmsgpack.unpack(ARGV[6])) do
     local ops = layouts[item[2]]
     local keep, period = item[4], item[6]
     local created, prune_at = false, nil
+    local marks = redis.call('HMGET', key, '~m', '~t')
+    local newest = tonumber(marks[2])
+    local stored_newest = newest
+    if not marks[1] then
+      stored_newest = nil
+      local now = redis.call('TIME')
+      redis.call('HSET', key, '~m', now[1] .. string.format('%06d', tonumber(now[2])))
+      newest = nil
+      for _, f in ipairs(redis.call('HKEYS', key)) do
+        local start = tonumber(f)
+        if start and (newest == nil or start > newest) then newest = start end
+      end
+    end
+    local old_newest, bump = newest, false
     for j = 7, #item, 2 do
       local field, packed = item[j], item[j + 1]
+      local start = tonumber(field)
+      if old_newest and start < old_newest then bump = true end
+      if newest == nil or start > newest then newest = start end
       local cur = redis.call('HGET', key, field)
       if cur then
         packed = cmsgpack.pack(merge(ops, cmsgpack.unpack(cur), cmsgpack.unpack(packed)))
       else
         created = true
-        local start = tonumber(field)
         if period > 0 and start % period == 0 and (prune_at == nil or start > prune_at) then prune_at = start end
       end
       redis.call('HSET', key, field, packed)
@@ -95,9 +118,15 @@ for index, item in ipairs(cmsgpack.unpack(ARGV[6])) do
     -- kept set is the same however the events were batched (so replays after a crash agree).
     if prune_at then
       for _, f in ipairs(redis.call('HKEYS', key)) do
-        if tonumber(f) < prune_at - keep then redis.call('HDEL', key, f) end
+        local start = tonumber(f)  -- nil for the '~' markers
+        if start and start < prune_at - keep then
+          redis.call('HDEL', key, f)
+          bump = true
+        end
       end
     end
+    if bump then redis.call('HINCRBY', key, '~m', 1) end
+    if newest ~= stored_newest then redis.call('HSET', key, '~t', string.format('%d', newest)) end
     if pexpire > 0 and (created or item[5] == 1) then redis.call('PEXPIRE', key, pexpire) end
   else
     local cur = redis.call('GET', key)

@@ -14,6 +14,14 @@ Stream events land in the partition Kafka gave them; batch rows in
 `partition_for(entity, source.partitions)`. A view whose entity is the
 source's message key keeps each entity in one partition; any other view
 keeps a partial state per partition that readers merge.
+
+Tile hashes also hold two marker fields the stream writer maintains
+(`apply.lua`) so readers can cache closed tiles (`tile_cache`): `~t`, the
+newest tile start ever written, and `~m`, a version that changes whenever a
+tile older than `~t` is written or pruned. Field names starting with `~` are
+never tiles. A writer that rewrites tiles without maintaining the markers
+(materialization) deletes both *before* writing, which makes the hash
+uncacheable until the stream writes it again.
 """
 
 from __future__ import annotations
@@ -25,9 +33,16 @@ from aiokafka.partitioner import murmur2
 from feature_store.definitions import FeatureView, Source, StreamSource
 from feature_store.durations import format_ms
 
-__all__ = ["KEY_VERSION", "KeyLayout", "entity_key_bytes", "partition_for"]
+__all__ = ["KEY_VERSION", "MARKER_FIELDS", "NEWEST_FIELD", "VERSION_FIELD", "KeyLayout", "entity_key_bytes",
+           "partition_for"]
 
 KEY_VERSION = "v1"
+VERSION_FIELD = "~m"
+"""Tile hash field: changes whenever a tile older than `NEWEST_FIELD` is written or pruned."""
+NEWEST_FIELD = "~t"
+"""Tile hash field: the newest tile start (epoch ms) ever written to the hash."""
+MARKER_FIELDS = (VERSION_FIELD, NEWEST_FIELD)
+"""What a writer that does not maintain the markers deletes before rewriting tiles (HDEL key ~m ~t)."""
 
 
 def entity_key_bytes(entity: str | int) -> bytes:

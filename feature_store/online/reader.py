@@ -8,18 +8,19 @@ against the view's ttl at the read time.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from feature_store.aggregates import NO_ORDER, TileLayout, empty_stats, finalize, merge, tile_layouts
-from feature_store.definitions import Aggregation, FeatureView
+from feature_store.aggregates import NO_ORDER, empty_stats, finalize, merge, tile_layouts
+from feature_store.definitions import FeatureView
 from feature_store.errors import OnlineStoreUnavailable
-from feature_store.online.codec import unpack_latest, unpack_stats
+from feature_store.online.codec import unpack_latest
 from feature_store.online.keys import KeyLayout
+from feature_store.online.tile_cache import Entry, Merged, Shape, TileCache, from_full, from_probe, shape_of
 from feature_store.windows import tile_start
 
 __all__ = ["FeatureValue", "OnlineReader", "Status"]
@@ -38,7 +39,19 @@ class FeatureValue:
     event_time: int | None = None
 
 
-@dataclass
+@dataclass(slots=True)
+class _Series:
+    """One tile hash of a read: its reply's position, and the cache entry probed (None: read whole)."""
+
+    index: int
+    key: str
+    shape: Shape
+    start: int
+    entry: Entry | None
+    merged: Merged | None = None
+
+
+@dataclass(slots=True)
 class _Plan:
     """Where one (row, view) reads its state inside the pipeline's replies."""
 
@@ -46,23 +59,34 @@ class _Plan:
     view: FeatureView
     features: Sequence[str]
     start: int
-    tiles: list[tuple[TileLayout, int]]  # for windowed: layout and the start of the newest (current) tile
     partitions: int
+    series: list[list[_Series]] = field(default_factory=list)  # windowed: per layout, one per partition
 
 
 class OnlineReader:
-    """Reads online features for entity rows at a time `t_ms` (epoch ms)."""
+    """Reads online features for entity rows at a time `t_ms` (epoch ms).
 
-    def __init__(self, redis: aioredis.Redis, keys: KeyLayout) -> None:
+    Closed tiles of stream-written hashes are cached per key (`tile_cache`, at
+    most `cache_keys` keys; 0 turns it off): a warm read fetches only the open
+    tiles, and the markers it fetches with them prove the cached part current.
+    """
+
+    def __init__(self, redis: aioredis.Redis, keys: KeyLayout, *, cache_keys: int = 20_000) -> None:
         self._redis = redis
         self._keys = keys
-        self._layouts: dict[int, tuple[FeatureView, list[TileLayout]]] = {}  # id(view) -> (view, layouts)
+        self._layouts: dict[int, tuple[FeatureView, list[Shape]]] = {}  # id(view) -> (view, shapes)
+        self._cache = TileCache(cache_keys)
 
-    def _tile_layouts(self, view: FeatureView) -> list[TileLayout]:
-        """`tile_layouts(view)`, built once per view object (the view is kept, so its id stays unique)."""
+    @property
+    def cache(self) -> TileCache:
+        """The closed-tile cache (its `hits`, `stale` and `full` counters say how reads went)."""
+        return self._cache
+
+    def _shapes(self, view: FeatureView) -> list[Shape]:
+        """The read shape of each tile layout of `view`, built once per view object (kept, so its id stays unique)."""
         entry = self._layouts.get(id(view))
         if entry is None or entry[0] is not view:
-            entry = self._layouts[id(view)] = (view, tile_layouts(view))
+            entry = self._layouts[id(view)] = (view, [shape_of(layout) for layout in tile_layouts(view)])
         return entry[1]
 
     async def read(
@@ -78,33 +102,62 @@ class OnlineReader:
         """
         pipe = self._redis.pipeline(transaction=False)
         plans: list[_Plan] = []
+        windowed: list[_Series] = []
         count = 0
+        cache = self._cache
         for row_index, row in enumerate(rows):
             for view, names in features.items():
                 entity = row.get(view.entity.join_key)
-                plan = _Plan(row_index, view, names, count, [], 0)
+                plan = _Plan(row_index, view, names, count, 0)
                 plans.append(plan)
                 if entity is None:
                     continue
                 partitions = self._keys.partitions_to_read(view, entity)
                 plan.partitions = len(partitions)
                 if view.is_windowed:
-                    for layout in self._tile_layouts(view):
-                        newest = tile_start(t_ms, layout.hop_ms)
-                        plan.tiles.append((layout, newest))
+                    for shape in self._shapes(view):
+                        start = tile_start(t_ms, shape.hop_ms)
+                        per_partition = []
                         for p in partitions:
-                            # the whole hash: writers prune tiles older than the longest window, and
-                            # one key argument packs far cheaper than one per tile (HMGET)
-                            pipe.hgetall(self._keys.state_key(view, p, entity, layout.hop_ms))
+                            key = self._keys.state_key(view, p, entity, shape.hop_ms)
+                            entry = cache.get(key, start)
+                            if entry is None:
+                                pipe.hgetall(key)
+                            else:
+                                pipe.hmget(key, entry.probe)
+                            series = _Series(count, key, shape, start, entry)
+                            per_partition.append(series)
+                            windowed.append(series)
                             count += 1
+                        plan.series.append(per_partition)
                 else:
                     for p in partitions:
                         pipe.get(self._keys.state_key(view, p, entity, None))
                         count += 1
-        try:
-            replies = await pipe.execute() if count else []
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise OnlineStoreUnavailable(f"Redis is unreachable ({type(exc).__name__}); retry shortly") from None
+        replies = await self._execute(pipe) if count else []
+        stale: list[_Series] = []
+        for series in windowed:
+            reply = replies[series.index]
+            if series.entry is not None:
+                series.merged = from_probe(series.shape, series.entry, reply)
+                if series.merged is None:
+                    stale.append(series)
+            else:
+                series.merged, entry = from_full(series.shape, series.start, reply)
+                cache.put(series.key, entry)
+                cache.full += 1
+        if windowed:
+            probes = sum(1 for series in windowed if series.entry is not None)
+            cache.hits += probes - len(stale)
+            cache.stale += len(stale)
+            cache.full += len(stale)
+        if stale:  # closed tiles changed since cached (late events, rewrites): read those hashes whole
+            again = self._redis.pipeline(transaction=False)
+            for series in stale:
+                again.hgetall(series.key)
+            for series, reply in zip(stale, await self._execute(again), strict=True):
+                series.merged, entry = from_full(series.shape, series.start, reply)
+                cache.put(series.key, entry)
         out: list[dict[str, FeatureValue]] = [{} for _ in rows]
         for plan in plans:
             values = out[plan.row]
@@ -112,46 +165,42 @@ class OnlineReader:
                 for name in plan.features:
                     values[f"{plan.view.name}:{name}"] = FeatureValue(None, "missing")
             elif plan.view.is_windowed:
-                self._finish_windowed(plan, replies, values)
+                self._finish_windowed(plan, values)
             else:
                 self._finish_latest(plan, replies, values, t_ms)
         return out
 
     @staticmethod
-    def _finish_windowed(plan: _Plan, replies: list[Any], values: dict[str, FeatureValue]) -> None:
-        wanted = set(plan.features)
-        position = plan.start
-        for layout, newest_start in plan.tiles:
-            per_partition = replies[position:position + plan.partitions]
-            position += plan.partitions
-            newest_index, by_depth = _depths(layout)
-            needed = {d: [a for a in aggs if a.name in wanted] for d, aggs in by_depth.items()}
-            needed = {d: aggs for d, aggs in needed.items() if aggs}
-            if not needed:
-                continue
-            hop = layout.hop_ms
-            deepest = max(needed)
-            # tiles by depth (1 = the current tile), each depth in partition order
-            tiles: dict[int, list[bytes]] = {}
-            for reply in per_partition:
-                for field, packed in reply.items():
-                    back = newest_start - int(field)
-                    if back >= 0 and back % hop == 0 and back // hop < deepest:
-                        tiles.setdefault(back // hop + 1, []).append(packed)
-            cum = empty_stats(layout)
-            present_depths = sorted(tiles)
-            next_tile = 0
-            for depth in sorted(needed):
-                while next_tile < len(present_depths) and present_depths[next_tile] <= depth:
-                    for packed in tiles[present_depths[next_tile]]:
-                        cum = merge(layout, cum, unpack_stats(packed))
-                    next_tile += 1
-                newest = cum[newest_index]
-                present = newest > NO_ORDER
-                for agg in needed[depth]:
-                    values[f"{plan.view.name}:{agg.name}"] = FeatureValue(
-                        finalize(layout, agg, cum), "present" if present else "default",
-                        int(newest) if present else None)
+    async def _execute(pipe: Any) -> list[Any]:
+        try:
+            return await pipe.execute()  # type: ignore[no-any-return]
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise OnlineStoreUnavailable(f"Redis is unreachable ({type(exc).__name__}); retry shortly") from None
+
+    @staticmethod
+    def _finish_windowed(plan: _Plan, values: dict[str, FeatureValue]) -> None:
+        wanted = plan.features
+        prefix = plan.view.name
+        for per_partition in plan.series:
+            shape = per_partition[0].shape
+            layout = shape.layout
+            merged = per_partition[0].merged
+            assert merged is not None  # filled by read()
+            for other in per_partition[1:]:  # partitions of a view not keyed by its entity
+                assert other.merged is not None
+                merged = [a if b is None else b if a is None else merge(layout, a, b)
+                          for a, b in zip(merged, other.merged, strict=True)]
+            newest_index = shape.newest_index
+            for stats, aggs in zip(merged, shape.by_depth, strict=True):
+                for agg in aggs:
+                    if agg.name not in wanted:
+                        continue
+                    if stats is None or stats[newest_index] <= NO_ORDER:
+                        values[f"{prefix}:{agg.name}"] = FeatureValue(finalize(layout, agg, empty_stats(layout)),
+                                                                      "default")
+                    else:
+                        values[f"{prefix}:{agg.name}"] = FeatureValue(finalize(layout, agg, stats), "present",
+                                                                      int(stats[newest_index]))
 
     @staticmethod
     def _finish_latest(plan: _Plan, replies: list[Any], values: dict[str, FeatureValue], t_ms: int) -> None:
@@ -170,16 +219,4 @@ class OnlineReader:
                 values[ref] = FeatureValue(best[1][fields.index(name)], "present", int(best[0][0]))
             else:
                 values[ref] = FeatureValue(None, "missing")
-
-
-def _depths(layout: TileLayout) -> tuple[int, dict[int, list[Aggregation]]]:
-    """(position of the newest event time, aggregations by window depth in tiles), cached on the layout."""
-    cached = layout.__dict__.get("_reader_depths")
-    if cached is None:
-        by_depth: dict[int, list[Aggregation]] = {}
-        for agg in layout.aggregations:
-            by_depth.setdefault(agg.window_ms // layout.hop_ms, []).append(agg)
-        cached = (layout.index("*", "et"), by_depth)
-        object.__setattr__(layout, "_reader_depths", cached)  # derived from the frozen fields
-    return cached  # type: ignore[no-any-return]
 

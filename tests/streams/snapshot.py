@@ -17,7 +17,7 @@ from tests.streams.support import read_log
 
 
 async def redis_state(redis: aioredis.Redis, prefix: str, repo: FeatureRepo) -> dict[str, Any]:
-    """Every key under `prefix`, decoded; `lk` (tie = ingest time) and latest ties dropped."""
+    """Every key under `prefix`, decoded; `lk` (tie = ingest time), latest ties and tile hash markers dropped."""
     tie_free: dict[tuple[str, str], list[int]] = {}
     for view in repo.views.values():
         for layout in tile_layouts(view):
@@ -40,7 +40,8 @@ async def redis_state(redis: aioredis.Redis, prefix: str, repo: FeatureRepo) -> 
             view = rest.split(":")[3].split(".")[0]  # v1:{source:p}:<view>.<fp>:<entity>:h<hop>
             keep = tie_free[(view, rest.rsplit(":", 1)[1])]
             tiles = await redis.hgetall(key)
-            state[rest] = {int(f): [unpack_stats(v)[i] for i in keep] for f, v in tiles.items()}
+            state[rest] = {int(f): [unpack_stats(v)[i] for i in keep] for f, v in tiles.items()
+                           if not f.startswith(b"~")}  # the readers' cache markers (~m is a clock)
     return state
 
 

@@ -1,0 +1,190 @@
+"""Per tile hash, the merged stats of its closed tiles, so a read fetches only the open ones.
+
+Why: a windowed read needs every tile of its longest window (180 tiles of two
+hashes for 7 days of 1 h tiles plus 1 h of 5 min tiles), yet the tiles before
+the newest one written rarely change (late events only). The stream writer
+keeps two markers in each tile hash (`keys.VERSION_FIELD` `~m`,
+`keys.NEWEST_FIELD` `~t`, see `apply.lua`): `~m` changes whenever a tile older
+than `~t` is written or pruned. So for a read at tile start `S`, with
+boundary `b = min(~t, S)`:
+
+- tiles with start < b are *closed*: their merge per window depth is cached
+  with `~m` and stays valid while `~m` is unchanged;
+- tiles b .. S are *open*: fetched on every read with `HMGET key ~m ~t <b> .. <S>`
+  (one atomic command, so markers and tiles agree). When b is far behind S
+  (an idle entity) only tile b is fetched and `~t` must be unchanged (then
+  nothing newer exists).
+
+A hash without `~m` (never written by the stream, or rewritten by
+materialization, which deletes the markers first) is read whole and not
+cached. Entries are per (key, S); a read at another S rebuilds the entry from
+a full `HGETALL`. The cache is a bounded LRU.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from feature_store.aggregates import TileLayout, merge
+from feature_store.definitions import Aggregation
+from feature_store.online.codec import unpack_stats
+from feature_store.online.keys import NEWEST_FIELD, VERSION_FIELD
+
+__all__ = ["PROBE_SPAN", "Entry", "Shape", "TileCache", "from_full", "from_probe", "shape_of"]
+
+PROBE_SPAN = 3
+"""Open tiles fetched by name at most; beyond, only the boundary tile is fetched and `~t` must be unchanged."""
+
+_VERSION = VERSION_FIELD.encode()
+_NEWEST = NEWEST_FIELD.encode()
+
+Stats = list[Any]
+Merged = list[Stats | None]  # per window depth of the layout (Shape.depths): merged stats, None when no tile
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """What a read of one layout needs, derived once from the layout."""
+
+    layout: TileLayout
+    hop_ms: int
+    depths: tuple[int, ...]  # the window depths in tiles (window / hop) of its aggregations, ascending
+    by_depth: tuple[tuple[Aggregation, ...], ...]  # aligned with depths
+    newest_index: int  # position of the newest event time in the stat vector
+    max_depth: int
+
+
+def shape_of(layout: TileLayout) -> Shape:
+    """The layout's `Shape`, cached on the (frozen) layout."""
+    shape = layout.__dict__.get("_read_shape")
+    if shape is None:
+        grouped: dict[int, list[Aggregation]] = {}
+        for agg in layout.aggregations:
+            grouped.setdefault(agg.window_ms // layout.hop_ms, []).append(agg)
+        depths = tuple(sorted(grouped))
+        shape = Shape(layout, layout.hop_ms, depths, tuple(tuple(grouped[d]) for d in depths),
+                      layout.index("*", "et"), depths[-1])
+        object.__setattr__(layout, "_read_shape", shape)  # derived from the frozen fields
+    return shape
+
+
+@dataclass(slots=True)
+class Entry:
+    """One tile hash read at tile start `start`: closed merges per depth, valid while `~m` is `version`."""
+
+    version: bytes
+    newest: bytes  # `~t` as stored, checked when `check_newest`
+    start: int
+    closed: Merged
+    probe: list[str]  # HMGET fields: ~m, ~t, then the open tiles by name (depth ascending)
+    open_depths: list[int]  # depth of each open tile in `probe[2:]`
+    check_newest: bool
+
+
+class TileCache:
+    """Bounded LRU of `Entry` by Redis key."""
+
+    def __init__(self, max_keys: int) -> None:
+        self.max_keys = max_keys
+        self._entries: OrderedDict[str, Entry] = OrderedDict()
+        self.hits = 0  # probes answered from the entry and the open tiles
+        self.stale = 0  # probes that found the closed tiles changed (then read whole)
+        self.full = 0  # hashes read whole (no entry for the key and tile start, or stale)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str, start: int) -> Entry | None:
+        entry = self._entries.get(key)
+        if entry is None or entry.start != start:
+            return None
+        self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: str, entry: Entry | None) -> None:
+        """Store `entry` (None: forget the key, e.g. it became uncacheable)."""
+        if entry is None:
+            self._entries.pop(key, None)
+            return
+        if self.max_keys <= 0:
+            return
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_keys:
+            self._entries.popitem(last=False)
+
+
+def _combine(shape: Shape, closed: Merged, open_tiles: list[tuple[int, Stats]]) -> Merged:
+    """Per depth: closed merge + the open tiles within the depth (open_tiles by ascending depth)."""
+    layout = shape.layout
+    out: Merged = []
+    cum: Stats | None = None
+    i, n = 0, len(open_tiles)
+    for di, depth in enumerate(shape.depths):
+        while i < n and open_tiles[i][0] <= depth:
+            stats = open_tiles[i][1]
+            cum = stats if cum is None else merge(layout, cum, stats)
+            i += 1
+        base = closed[di]
+        out.append(cum if base is None else base if cum is None else merge(layout, base, cum))
+    return out
+
+
+def from_full(shape: Shape, start: int, reply: dict[bytes, bytes]) -> tuple[Merged, Entry | None]:
+    """Per-depth merges of a whole hash (`HGETALL` reply) read at tile start `start`, and its cache entry
+    (None when the hash carries no markers)."""
+    version = reply.pop(_VERSION, None)
+    newest = reply.pop(_NEWEST, None)
+    hop, max_depth = shape.hop_ms, shape.max_depth
+    cacheable = version is not None and newest is not None
+    boundary = min(int(newest), start) if cacheable else start  # type: ignore[arg-type]
+    open_count = (start - boundary) // hop + 1  # depths 1 .. open_count are open
+    open_tiles: list[tuple[int, Stats]] = []
+    closed_tiles: dict[int, bytes] = {}
+    for field, packed in reply.items():
+        back = start - int(field)
+        if back < 0 or back % hop:
+            continue
+        depth = back // hop + 1
+        if depth > max_depth:
+            continue
+        if depth <= open_count:
+            open_tiles.append((depth, unpack_stats(packed)))
+        else:
+            closed_tiles[depth] = packed
+    layout = shape.layout
+    closed: Merged = []
+    cum: Stats | None = None
+    ordered = sorted(closed_tiles)
+    i = 0
+    for depth in shape.depths:
+        while i < len(ordered) and ordered[i] <= depth:
+            stats = unpack_stats(closed_tiles[ordered[i]])
+            cum = stats if cum is None else merge(layout, cum, stats)
+            i += 1
+        closed.append(cum)
+    open_tiles.sort(key=lambda item: item[0])
+    merged = _combine(shape, closed, open_tiles)
+    if not cacheable:
+        return merged, None
+    if open_count > max_depth:  # idle past every window: nothing to fetch while ~t stays
+        probe, open_depths, check = [], [], True
+    elif open_count > PROBE_SPAN:
+        probe, open_depths, check = [str(boundary)], [open_count], True
+    else:
+        probe = [str(start - k * hop) for k in range(open_count)]
+        open_depths, check = list(range(1, open_count + 1)), False
+    entry = Entry(version=version, newest=newest, start=start, closed=closed,  # type: ignore[arg-type]
+                  probe=[VERSION_FIELD, NEWEST_FIELD, *probe], open_depths=open_depths, check_newest=check)
+    return merged, entry
+
+
+def from_probe(shape: Shape, entry: Entry, reply: list[bytes | None]) -> Merged | None:
+    """Per-depth merges from the entry and a probe's `HMGET` reply; None when the entry is no longer valid."""
+    if reply[0] != entry.version or (entry.check_newest and reply[1] != entry.newest):
+        return None
+    open_tiles = [(depth, unpack_stats(packed)) for depth, packed in zip(entry.open_depths, reply[2:], strict=True)
+                  if packed is not None]
+    return _combine(shape, entry.closed, open_tiles)

@@ -1,0 +1,200 @@
+"""The reader's closed-tile cache against real Redis: whatever the writes, it answers what a reader without
+cache answers.
+
+Writes go through the real stream script (`apply.lua`, via `OnlineWriter`), interleaved with late and
+future events, reads at an advancing clock (and some in the past), materialization-style rewrites (HDEL
+the markers, then HSET tiles) and key expiry (DEL). A reader without cache reads the same Redis at the same
+moment; the stream script's merges themselves are checked against the oracle in tests/streams/test_writer.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from feature_store.aggregates import SEQ_PARTITION_SHIFT, empty_stats, event_stats, merge, tile_layouts
+from feature_store.definitions import FeatureView
+from feature_store.durations import format_ms
+from feature_store.online import KeyLayout, OnlineReader, pack_stats, partition_for, unpack_stats
+from feature_store.online.keys import MARKER_FIELDS, NEWEST_FIELD, VERSION_FIELD
+from feature_store.online.writer import NO_OFFSET, OnlineWriter, PartitionBatch
+from feature_store.windows import tile_start
+from tests import oracle
+from tests.streams.support import events_repo
+
+pytestmark = pytest.mark.integration
+
+START = 1_767_225_600_000 + 7 * 60_000
+MINUTE = 60_000
+REPO = events_repo("cache-unused", partitions=2)
+SOURCE = REPO.sources["events"]
+VIEWS: list[FeatureView] = [REPO.views["spend"], REPO.views["shops"]]  # co-partitioned, and merged over partitions
+USERS = ["u1", "u2", "u3"]
+SHOPS = ["s1", "s2"]
+
+
+class Stream:
+    """Applies events like the stream worker: per partition one fenced script call with each key's tile partials."""
+
+    def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
+        self.keys = KeyLayout(prefix)
+        self.writer = OnlineWriter(redis)
+        self.offsets = {p: NO_OFFSET for p in range(SOURCE.partitions)}
+        self.layouts = [(view, layout) for view in VIEWS for layout in tile_layouts(view)]
+
+    async def write(self, events: list[dict[str, Any]]) -> None:
+        by_partition: dict[int, list[dict[str, Any]]] = {}
+        for event in events:
+            event = {**event, "big": int((event["amount"] or 0) > 50)}  # the view's transform
+            by_partition.setdefault(partition_for(event["user"], SOURCE.partitions), []).append(event)
+        for partition, rows in sorted(by_partition.items()):
+            first = self.offsets[partition] + 1
+            batch = PartitionBatch(offset_key=self.keys.offset_key(SOURCE, partition),
+                                   expected_offset=self.offsets[partition], first_offset=first,
+                                   last_offset=first + len(rows) - 1, watermark=max(r["ts"] for r in rows),
+                                   layouts=[layout for _, layout in self.layouts])
+            for index, (view, layout) in enumerate(self.layouts):
+                keep = layout.max_window_ms + layout.hop_ms + SOURCE.future_tolerance_ms
+                period = max(1, keep // layout.hop_ms // 4) * layout.hop_ms
+                tiles: dict[tuple[str, int], list[Any]] = {}
+                for offset, row in enumerate(rows, start=first):
+                    one = event_stats(layout, row, event_time=row["ts"], tie=7,
+                                      seq=partition * SEQ_PARTITION_SHIFT + offset)
+                    at = (row[view.entity.join_key], tile_start(row["ts"], layout.hop_ms))
+                    tiles[at] = merge(layout, tiles.get(at, empty_stats(layout)), one)
+                for entity in sorted({e for e, _ in tiles}):
+                    key = self.keys.state_key(view, partition, entity, layout.hop_ms)
+                    batch.add_tiles(key, index, 0, keep, period, False,
+                                    [(s, pack_stats(v)) for (e, s), v in sorted(tiles.items()) if e == entity])
+            result = await self.writer.apply(batch)
+            assert result.applied
+            self.offsets[partition] = result.stored_offset
+
+
+async def tile_keys(redis: aioredis.Redis, prefix: str) -> list[bytes]:
+    return sorted([k async for k in redis.scan_iter(match=f"{prefix}:*") if not k.endswith(b":offset")])
+
+
+async def rewrite(redis: aioredis.Redis, key: bytes) -> None:
+    """What materialization does to a hash: markers deleted first, then tiles overwritten (here: changed)."""
+    await redis.hdel(key, *MARKER_FIELDS)
+    tiles = {f: v for f, v in (await redis.hgetall(key)).items() if not f.startswith(b"~")}
+    if tiles:
+        oldest = min(tiles, key=int)
+        view = next(v for v in VIEWS if f":{v.name}." in key.decode())
+        layout = next(lay for lay in tile_layouts(view) if key.decode().endswith(f":h{format_ms(lay.hop_ms)}"))
+        stats = unpack_stats(tiles[oldest])
+        await redis.hset(key, oldest, pack_stats(merge(layout, stats, stats)))
+
+
+async def assert_same_reads(cached: OnlineReader, plain: OnlineReader, t: int) -> None:
+    for view in VIEWS:
+        join_key = view.entity.join_key
+        rows = [{join_key: e} for e in (USERS if join_key == "user" else SHOPS)]
+        features = {view: list(view.feature_names)}
+        got = await cached.read(features, rows, t)
+        want = await plain.read(features, rows, t)
+        for row, g, w in zip(rows, got, want, strict=True):
+            for ref, expected in w.items():
+                value = g[ref]
+                assert value.status == expected.status, (ref, row, t, value, expected)
+                assert value.event_time == expected.event_time, (ref, row, t, value, expected)
+                assert oracle.close(value.value, expected.value, rel=1e-9, abs_=1e-6), (ref, row, t, value, expected)
+
+
+_event = st.fixed_dictionaries({
+    "user": st.sampled_from(USERS),
+    "shop": st.sampled_from(SHOPS),
+    "amount": st.one_of(st.none(), st.integers(min_value=-5, max_value=100).map(float)),
+    "label": st.one_of(st.none(), st.sampled_from(["a", "b"])),
+    # mostly the current tiles; some late (older tiles, down to past the 2 h windows), some from the future
+    "back": st.one_of(st.integers(0, 4 * MINUTE), st.integers(0, 3 * 60 * MINUTE), st.integers(-5 * MINUTE, 0)),
+})
+_step = st.one_of(
+    st.tuples(st.just("write"), st.lists(_event, min_size=1, max_size=6)),
+    st.tuples(st.just("read"), st.one_of(st.just(0), st.integers(0, 40 * MINUTE))),
+    st.tuples(st.just("advance"), st.one_of(st.integers(0, 3 * MINUTE), st.integers(0, 90 * MINUTE))),
+    st.tuples(st.just("rewrite"), st.integers(0, 63)),
+    st.tuples(st.just("expire"), st.integers(0, 63)),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(_step, min_size=1, max_size=25))
+def test_cached_reads_equal_uncached_reads(redis_db_url: str, steps: list[tuple[str, Any]]) -> None:
+    async def run() -> None:
+        redis = aioredis.Redis.from_url(redis_db_url)
+        try:
+            await redis.flushdb()
+            stream = Stream(redis, "c")
+            cached = OnlineReader(redis, KeyLayout("c"), cache_keys=8)  # small: evictions happen too
+            plain = OnlineReader(redis, KeyLayout("c"), cache_keys=0)
+            clock = START
+            for kind, arg in steps:
+                if kind == "write":
+                    await stream.write([{**{k: v for k, v in e.items() if k != "back"}, "ts": clock - e["back"]}
+                                        for e in arg])
+                elif kind == "read":
+                    await assert_same_reads(cached, plain, clock - arg)
+                elif kind == "advance":
+                    clock += arg
+                else:
+                    keys = await tile_keys(redis, "c")
+                    if keys and kind == "rewrite":
+                        await rewrite(redis, keys[arg % len(keys)])
+                    elif keys:
+                        await redis.delete(keys[arg % len(keys)])
+                await assert_same_reads(cached, plain, clock)  # every step ends with a read at the clock
+        finally:
+            await redis.aclose()
+
+    asyncio.run(run())
+
+
+async def test_warm_reads_fetch_only_open_tiles(redis_client: aioredis.Redis) -> None:
+    """A repeated read probes (no whole-hash read); late events and rewrites force whole reads, only once."""
+    stream = Stream(redis_client, "w")
+    view = REPO.views["spend"]
+    reader = OnlineReader(redis_client, KeyLayout("w"))
+    plain = OnlineReader(redis_client, KeyLayout("w"), cache_keys=0)
+    t = START
+    await stream.write([{"user": "u1", "shop": "s1", "amount": float(i), "label": "a", "ts": t - i * 7 * MINUTE}
+                        for i in range(15)])
+    rows = [{"user": "u1"}]
+    features = {view: list(view.feature_names)}
+    await reader.read(features, rows, t)
+    assert (reader.cache.full, reader.cache.hits) == (2, 0)  # one hash per hop, read whole once
+    for _ in range(3):
+        assert await reader.read(features, rows, t) == await plain.read(features, rows, t)
+    assert (reader.cache.full, reader.cache.hits, reader.cache.stale) == (2, 6, 0)
+
+    # an event in the current tiles changes no closed tile: still probes
+    await stream.write([{"user": "u1", "shop": "s1", "amount": 100.0, "label": "b", "ts": t}])
+    assert await reader.read(features, rows, t) == await plain.read(features, rows, t)
+    assert (reader.cache.full, reader.cache.hits, reader.cache.stale) == (2, 8, 0)
+
+    # a late event (an older 5 min tile) bumps ~m of the 5 min hash: one stale probe, one whole read
+    await stream.write([{"user": "u1", "shop": "s1", "amount": 5.0, "label": "c", "ts": t - 5 * MINUTE}])
+    assert await reader.read(features, rows, t) == await plain.read(features, rows, t)
+    assert (reader.cache.full, reader.cache.hits, reader.cache.stale) == (3, 9, 1)
+    assert await reader.read(features, rows, t) == await plain.read(features, rows, t)
+    assert (reader.cache.full, reader.cache.hits, reader.cache.stale) == (3, 11, 1)
+
+    # materialization-style rewrite: no markers -> read whole every time, until the stream writes the key again
+    key = stream.keys.state_key(view, partition_for("u1", 2), "u1", 3_600_000)
+    await rewrite(redis_client, key.encode())
+    for _ in range(2):
+        assert await reader.read(features, rows, t) == await plain.read(features, rows, t)
+    assert (reader.cache.full, reader.cache.stale) == (5, 2)
+    await stream.write([{"user": "u1", "shop": "s1", "amount": 1.0, "label": "a", "ts": t}])
+    marks = await redis_client.hmget(key, [VERSION_FIELD, NEWEST_FIELD])
+    assert marks[0] is not None
+    assert int(marks[1]) == tile_start(t, 3_600_000)  # ~t = the newest tile present
+    for _ in range(2):
+        assert await reader.read(features, rows, t) == await plain.read(features, rows, t)
+    assert reader.cache.full == 6
