@@ -18,7 +18,7 @@ from schemas.fields import Field
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["DUCKDB_TYPES", "arrow_schema", "to_arrow"]
+__all__ = ["DUCKDB_TYPES", "all_nullable", "arrow_schema", "rows_to_arrow", "to_arrow"]
 
 DUCKDB_TYPES: dict[str, str] = {
     "string": "VARCHAR",
@@ -75,4 +75,24 @@ def to_arrow(schema: pa.Schema, events: Sequence[dict[str, Any]], *, label: str)
                 "pass events returned by validate() or validate_batch()"
             )
         columns.append(array)
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def all_nullable(schema: pa.Schema) -> pa.Schema:
+    """`schema` with every field nullable (tables whose invalid rows are all null)."""
+    import pyarrow as pa  # lazy: see module docstring
+
+    return pa.schema([f.with_nullable(True) for f in schema], metadata=schema.metadata)
+
+
+def rows_to_arrow(schema: pa.Schema, rows: Sequence[dict[str, Any] | None], *, label: str) -> pa.Table:
+    """Like `to_arrow`, with None rows (invalid records) as all-null rows; `schema` fields are nullable."""
+    import pyarrow as pa  # lazy: see module docstring
+
+    if all(row is not None for row in rows):
+        return to_arrow(schema, rows, label=label)  # type: ignore[arg-type]  # no None left
+    columns = []
+    for column in schema:
+        name = column.name
+        columns.append(pa.array([None if row is None else row[name] for row in rows], type=column.type))
     return pa.Table.from_arrays(columns, schema=schema)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from schemas import _tabular
+from schemas import _columnar, _tabular
 from schemas._json_schema import event_json_schema
 from schemas._validator import EventValidator
 from schemas.errors import SchemaError
@@ -20,7 +20,7 @@ from schemas.fields import Field
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["BatchValidation", "EventSchema"]
+__all__ = ["BatchValidation", "EventSchema", "TableValidation"]
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")  # schema names double as topic names
 _FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # usable as SQL and Arrow column names unquoted
@@ -38,6 +38,18 @@ class BatchValidation:
 
     valid: list[dict[str, Any]]
     valid_index: list[int]
+    invalid: list[tuple[int, str]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TableValidation:
+    """Outcome of `validate_records`: row i of `table` is record i normalized (all null when invalid).
+
+    `table` has the columns of `arrow_schema(epoch_ms=True)`, every one
+    nullable; `invalid` holds (input position, reason) pairs as in `validate_batch`.
+    """
+
+    table: pa.Table
     invalid: list[tuple[int, str]]
 
 
@@ -182,7 +194,7 @@ class EventSchema:
 
     def __getstate__(self) -> dict[str, Any]:
         # the compiled validator holds generated code; pickles carry only the spec
-        return {key: value for key, value in self.__dict__.items() if key != "_validator"}
+        return {key: value for key, value in self.__dict__.items() if key not in ("_validator", "_records_schema")}
 
     # -- validation --------------------------------------------------------------------
 
@@ -224,6 +236,29 @@ class EventSchema:
                 valid.append(out)
                 valid_index.append(index)
         return BatchValidation(valid=valid, valid_index=valid_index, invalid=invalid)
+
+    def validate_records(self, values: Sequence[bytes | None]) -> TableValidation:
+        """Validate raw JSON records (None: a tombstone, invalid) into one Arrow table; never raises.
+
+        Same verdicts, values and reasons as `validate_batch`. A batch of good
+        compact JSON objects with epoch-ms timestamps takes the columnar path
+        (`schemas._columnar`, one Arrow parse); any other batch is judged
+        record by record.
+        """
+        schema = self._records_schema
+        table = _columnar.read_valid(values, schema, self.fields, self.require_any)
+        if table is not None:
+            return TableValidation(table=table, invalid=[])
+        result = self.validate_batch([b"null" if v is None else v for v in values])
+        rows: list[dict[str, Any] | None] = [None] * len(values)
+        for index, event in zip(result.valid_index, result.valid, strict=True):
+            rows[index] = event
+        return TableValidation(table=_tabular.rows_to_arrow(schema, rows, label=self.label), invalid=result.invalid)
+
+    @cached_property
+    def _records_schema(self) -> pa.Schema:
+        schema = self.arrow_schema(epoch_ms=True)
+        return _tabular.all_nullable(schema)
 
     # -- storage types -----------------------------------------------------------------
 
