@@ -4,10 +4,11 @@
 
 Starts a private redis-server (or uses FEATURESTREAM_REDIS), writes the
 card-fraud `user_spend` state (8 windowed features, 5 min and 1 h tiles up to
-7 days) for `--users` users, starts the API with uvicorn in a subprocess
-(1 worker, uvloop + httptools) and loads it from this process with a minimal
-keep-alive HTTP/1.1 client on raw asyncio streams (so the client adds as
-little as possible to the latency it measures).
+7 days) for `--users` users through the stream worker's script (`OnlineWriter`,
+so the tile hashes carry the markers the reader's cache relies on), starts the
+API with uvicorn in a subprocess (1 worker, uvloop + httptools) and loads it
+from this process with a minimal keep-alive HTTP/1.1 client on raw asyncio
+streams (so the client adds as little as possible to the latency it measures).
 
 Scenarios, each for /v1/features (the 8 features) and /v1/predict (a rule
 model over the same 8 features + a derived request feature):
@@ -16,10 +17,19 @@ model over the same 8 features + a derived request feature):
   stalled server cannot hide queueing (no coordinated omission);
 - closed loop with `--concurrency` connections: saturation requests/s.
 
-Printed next to the physical limit measured in the same run: the same
-pipelined HMGET/GET round trip done directly with redis.asyncio (no
-decoding), and `OnlineReader.read` in process (round trip + decoding).
-Bounded: every phase has a fixed duration and request count cap.
+Warm and cold: the server caches the merged closed tiles per tile hash
+(`feature_store.online.tile_cache`), so a repeated read fetches only the open
+tiles. `features_*` and `predict_*` run on that server (after warm-up, the
+cache holds every key; tile boundaries crossed during the run force whole
+reads as they would in production). `features_*_cold` run on a second server
+with the cache off: every read is a miss, i.e. what the first read of a key
+after a tile boundary, a late event or a materialization costs.
+
+Printed next to the physical limit measured in the same run: the reader's
+pipelined Redis commands done directly with redis.asyncio (no decoding) - the
+warm probes (HMGET of markers + open tiles) and the cold whole-hash reads
+(HGETALL) - and `OnlineReader.read` in process (round trip + decoding), warm
+and cold. Bounded: every phase has a fixed duration and request count cap.
 """
 
 from __future__ import annotations
@@ -42,9 +52,10 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from feature_store.aggregates import empty_stats, event_stats, merge, tile_layouts  # noqa: E402
+from feature_store.aggregates import SEQ_PARTITION_SHIFT, empty_stats, event_stats, merge, tile_layouts  # noqa: E402
 from feature_store.definitions import FeatureService, FeatureView  # noqa: E402
 from feature_store.online import KeyLayout, OnlineReader, pack_stats, partition_for  # noqa: E402
+from feature_store.online.writer import NO_OFFSET, OnlineWriter, PartitionBatch  # noqa: E402
 from feature_store.windows import tile_start  # noqa: E402
 
 PREFIX = "bench"
@@ -70,39 +81,60 @@ bench8 = FeatureService(
 
 
 
-def write_state(redis_url: str, view: FeatureView, users: int, now: int, events_per_user: int) -> int:
-    """Tiles of `users` users with events spread over the last 7 days; returns keys written."""
-    import redis
+async def write_state(redis_url: str, view: FeatureView, users: int, now: int, events_per_user: int) -> int:
+    """Tiles of `users` users with events spread over the last 7 days, applied like the stream worker does
+    (per partition fenced script calls with each key's tile partials); returns keys written."""
+    import redis.asyncio as aioredis
 
-    r = redis.Redis.from_url(redis_url)
+    r = aioredis.Redis.from_url(redis_url)
+    writer = OnlineWriter(r)
     keys = KeyLayout(PREFIX)
+    layouts = tile_layouts(view)
+    source = view.source
+    offsets = dict.fromkeys(range(source.partitions), NO_OFFSET)
+    batches: dict[int, PartitionBatch] = {}
     rng = random.Random(7)
     written = 0
-    pipe = r.pipeline(transaction=False)
-    seq = 0
+
+    async def flush(partition: int) -> None:
+        batch = batches.pop(partition)
+        result = await writer.apply(batch)
+        assert result.applied, "bench state: a fenced batch"
+        offsets[partition] = result.stored_offset
+
     for u in range(users):
         entity = f"u{u}"
-        partition = partition_for(entity, view.source.partitions)
+        partition = partition_for(entity, source.partitions)
+        batch = batches.get(partition)
+        if batch is None:
+            first = offsets[partition] + 1
+            batch = batches[partition] = PartitionBatch(
+                offset_key=keys.offset_key(source, partition), expected_offset=offsets[partition],
+                first_offset=first, last_offset=first - 1, watermark=now, layouts=layouts)
         events = []
         for _ in range(events_per_user):
             t = now - int(rng.expovariate(1 / (2 * 86_400_000))) % (7 * 86_400_000)
             events.append((t, {"amount_usd": round(rng.lognormvariate(3.5, 0.8), 2),
                                "is_foreign": int(rng.random() < 0.08)}))
         events.append((now - rng.randrange(1, 60_000), {"amount_usd": 10.0, "is_foreign": 0}))
-        for layout in tile_layouts(view):
+        offsets_of = range(batch.last_offset + 1, batch.last_offset + 1 + len(events))
+        batch.last_offset += len(events)
+        for index, layout in enumerate(layouts):
             tiles: dict[int, list[Any]] = {}
-            for t, row in events:
-                seq += 1
+            for offset, (t, row) in zip(offsets_of, events, strict=True):
                 start = tile_start(t, layout.hop_ms)
-                one = event_stats(layout, row, event_time=t, tie=t, seq=seq)
+                one = event_stats(layout, row, event_time=t, tie=t, seq=partition * SEQ_PARTITION_SHIFT + offset)
                 tiles[start] = merge(layout, tiles.get(start, empty_stats(layout)), one)
-            pipe.hset(keys.state_key(view, partition, entity, layout.hop_ms),
-                      mapping={str(s): pack_stats(v) for s, v in tiles.items()})
+            keep = layout.max_window_ms + layout.hop_ms + source.future_tolerance_ms  # as streams/views.py
+            batch.add_tiles(keys.state_key(view, partition, entity, layout.hop_ms), index, keep + 86_400_000, keep,
+                            max(1, keep // layout.hop_ms // 4) * layout.hop_ms, False,
+                            [(start, pack_stats(v)) for start, v in sorted(tiles.items())])
             written += 1
-        if u % 200 == 199:
-            pipe.execute()
-    pipe.execute()
-    r.close()
+        if len(batch.keys) >= 400:
+            await flush(partition)
+    for partition in list(batches):
+        await flush(partition)
+    await r.aclose()
     return written
 
 
@@ -110,32 +142,51 @@ def write_state(redis_url: str, view: FeatureView, users: int, now: int, events_
 
 
 async def raw_limits(redis_url: str, view: FeatureView, entities: list[str], n: int, batch: int) -> dict[str, Any]:
-    """The same pipelined reads the server does, directly (no decoding), and OnlineReader in process."""
+    """The reader's pipelined commands done directly (no decoding), and OnlineReader in process, warm and cold.
+
+    Warm: the probes a cached reader sends (HMGET of the markers and the open tiles, taken from its cache
+    after a first read); cold: one HGETALL per tile hash (what a miss reads).
+    """
     import redis.asyncio as aioredis
 
     r = aioredis.Redis.from_url(redis_url)
     keys = KeyLayout(PREFIX)
-    reader = OnlineReader(r, keys)
+    warm_reader = OnlineReader(r, keys)
+    cold_reader = OnlineReader(r, keys, cache_keys=0)
     layouts = tile_layouts(view)
     grouped = {view: list(view.feature_names)}
-    raw: list[float] = []
-    decoded: list[float] = []
+    samples: dict[str, list[float]] = {"probe": [], "whole": [], "warm": [], "cold": []}
     for i in range(n):
         chosen = [entities[(i * batch + j) % len(entities)] for j in range(batch)]
+        rows = [{"user_id": e} for e in chosen]
         t = time.time_ns() // 1_000_000
-        pipe = r.pipeline(transaction=False)
+        await warm_reader.read(grouped, rows, t)  # fills the cache for these keys (a miss, not timed)
+        start = time.perf_counter()
+        await warm_reader.read(grouped, rows, t)
+        samples["warm"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        await cold_reader.read(grouped, rows, t)
+        samples["cold"].append(time.perf_counter() - start)
+        whole = r.pipeline(transaction=False)
+        probe = r.pipeline(transaction=False)
         for entity in chosen:
-            for layout in layouts:  # the reader's commands: one HGETALL per tile series
-                pipe.hgetall(keys.state_key(view, partition_for(entity, view.source.partitions), entity,
-                                            layout.hop_ms))
+            for layout in layouts:
+                key = keys.state_key(view, partition_for(entity, view.source.partitions), entity, layout.hop_ms)
+                whole.hgetall(key)
+                entry = warm_reader.cache.get(key, tile_start(t, layout.hop_ms))
+                assert entry is not None, "bench state lacks the cache markers"
+                probe.hmget(key, entry.probe)
         start = time.perf_counter()
-        await pipe.execute()
-        raw.append(time.perf_counter() - start)
+        await probe.execute()
+        samples["probe"].append(time.perf_counter() - start)
         start = time.perf_counter()
-        await reader.read(grouped, [{"user_id": e} for e in chosen], t)
-        decoded.append(time.perf_counter() - start)
+        await whole.execute()
+        samples["whole"].append(time.perf_counter() - start)
     await r.aclose()
-    return {"redis_pipeline_round_trip": _stats(raw), "online_reader_in_process": _stats(decoded)}
+    return {"redis_round_trip_warm_probes": _stats(samples["probe"]),
+            "redis_round_trip_cold_hgetall": _stats(samples["whole"]),
+            "online_reader_in_process_warm": _stats(samples["warm"]),
+            "online_reader_in_process_cold": _stats(samples["cold"])}
 
 
 # ---------------------------------------------------------------- HTTP load
@@ -266,15 +317,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def serve_child(port: int, repo_file: str) -> None:
-    """Runs in the subprocess: the app exactly as `featurestream serve` builds it."""
+def serve_child(port: int, repo_file: str, cache_keys: int) -> None:
+    """Runs in the subprocess: the app exactly as `featurestream serve` builds it (cache size aside)."""
     import uvicorn
 
     from feature_store.settings import load_settings
     from serving import ServingConfig, create_app
 
     settings = load_settings()
-    app = create_app(settings, repo_path=Path(repo_file), config=ServingConfig(key_prefix=PREFIX))
+    app = create_app(settings, repo_path=Path(repo_file),
+                     config=ServingConfig(key_prefix=PREFIX, online_cache_keys=cache_keys))
     uvicorn.run(app, host="127.0.0.1", port=port, workers=1, loop="uvloop", http="httptools", access_log=False,
                 log_config=None, log_level="warning")
 
@@ -305,7 +357,7 @@ async def run(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
     view = repo.view("user_spend")
     service: FeatureService = repo.service("bench8")
     now = time.time_ns() // 1_000_000
-    written = write_state(redis_url, view, args.users, now, args.events_per_user)
+    written = await write_state(redis_url, view, args.users, now, args.events_per_user)
     env = {**os.environ, "FEATURESTREAM_REDIS": redis_url, "FEATURESTREAM_DATA_DIR": str(tmp / "data"),
            "FEATURESTREAM_REGISTRY": str(tmp / "registry.db"), "FEATURESTREAM_LOG_LEVEL": "WARNING"}
     env.pop("FEATURESTREAM_KAFKA", None)
@@ -327,16 +379,53 @@ async def run(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
     }
     limits_1 = await raw_limits(redis_url, view, entities, 2000, 1)
     limits_100 = await raw_limits(redis_url, view, entities, 200, 100)
+    results: dict[str, Any] = {}
+    warm = {name: bodies[name] for name in ("features_1", "features_100", "predict_1", "predict_100")}
+    cold = {"features_1_cold": bodies["features_1"], "features_100_cold": bodies["features_100"]}
+    await _load(args, repo_file, env, 20_000, warm, results)
+    await _load(args, repo_file, env, 0, cold, results)
+    cores = os.cpu_count() or 1
+    for name, result in results.items():
+        limits = limits_1 if "_1" in name and "_100" not in name else limits_100
+        raw = limits["redis_round_trip_cold_hgetall" if name.endswith("_cold") else "redis_round_trip_warm_probes"]
+        result["p99_vs_raw_redis_p99"] = round(result["open_loop"]["p99_ms"] / raw["p99_ms"], 2)
+    return {
+        "bench": "online",
+        "machine": {"cores": cores, "load_average_1m": os.getloadavg()[0],
+                    "note": "server: 1 uvicorn worker (at most one core); client in this process; "
+                            "rps_per_server_cpu_second = saturation per core, independent of other load"},
+        "state": {"users": args.users, "keys": written, "features": len(FEATURES_8),
+                  "tile_fields_per_entity": sum(lay.max_window_ms // lay.hop_ms for lay in tile_layouts(view)),
+                  "written_by": "OnlineWriter (the stream worker's script)"},
+        "scenarios": {"warm": "server with the closed-tile cache (20000 keys), warmed up: reads probe the open tiles",
+                      "cold": "server with the cache off: every read is a whole-hash read (a miss)",
+                      "p99_vs_raw_redis_p99": "open-loop p99 / raw round trip p99 of the same commands "
+                                              "(warm: probes, cold: HGETALL)"},
+        "raw_limit_1_entity": limits_1,
+        "raw_limit_100_entities": limits_100,
+        "targets": {"features_1_p99_ms_at_1000_rps": 1.5, "features_100_p99_ms": 10.0},
+        "results": results,
+    }
+
+
+async def _load(args: argparse.Namespace, repo_file: Path, env: dict[str, str], cache_keys: int,
+                bodies: dict[str, list[bytes]], results: dict[str, Any]) -> None:
+    """Start a server (cache of `cache_keys` keys), warm it up, run each scenario open then closed loop."""
     port = _free_port()
-    child = subprocess.Popen([sys.executable, __file__, "--serve-child", str(port), str(repo_file)], env=env,
-                             cwd=str(ROOT), stdout=sys.stderr)
+    child = subprocess.Popen([sys.executable, __file__, "--serve-child", str(port), str(repo_file), str(cache_keys)],
+                             env=env, cwd=str(ROOT), stdout=sys.stderr)
     try:
         await _wait_http(port)
         for name in bodies:  # warm up: model load, query cache, connections
             await closed_loop(port, bodies[name], 0.5, 2)
-        results: dict[str, Any] = {}
+        if cache_keys:  # and the tile cache: every user read once
+            conn = await Conn.open(port)
+            for chunk in range(0, args.users, 100):
+                users = [{"user_id": f"u{u}"} for u in range(chunk, min(chunk + 100, args.users))]
+                await conn.request(http_post("/v1/features", {"features": FEATURES_8, "entities": users}))
+            conn.close()
         for name, requests in bodies.items():
-            single = name.endswith("_1")
+            single = "_100" not in name
             rate = args.rate if single else args.rate_100
             cpu = _cpu_s(child.pid)
             opened = await open_loop(port, requests, rate, args.seconds, pool=32)
@@ -354,22 +443,6 @@ async def run(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
-    cores = os.cpu_count() or 1
-    for name, result in results.items():
-        raw = (limits_1 if name.endswith("_1") else limits_100)["redis_pipeline_round_trip"]
-        result["p99_vs_raw_redis_p99"] = round(result["open_loop"]["p99_ms"] / raw["p99_ms"], 2)
-    return {
-        "bench": "online",
-        "machine": {"cores": cores, "load_average_1m": os.getloadavg()[0],
-                    "note": "server: 1 uvicorn worker (at most one core); client in this process; "
-                            "rps_per_server_cpu_second = saturation per core, independent of other load"},
-        "state": {"users": args.users, "keys": written, "features": len(FEATURES_8),
-                  "tile_fields_per_entity": sum(lay.max_window_ms // lay.hop_ms for lay in tile_layouts(view))},
-        "raw_limit_1_entity": limits_1,
-        "raw_limit_100_entities": limits_100,
-        "targets": {"features_1_p99_ms_at_1000_rps": 1.5, "features_100_p99_ms": 10.0},
-        "results": results,
-    }
 
 
 def main() -> None:
@@ -380,10 +453,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="closed-loop connections")
     parser.add_argument("--users", type=int, default=2000)
     parser.add_argument("--events-per-user", type=int, default=30)
-    parser.add_argument("--serve-child", nargs=2, metavar=("PORT", "REPO"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve-child", nargs=3, metavar=("PORT", "REPO", "CACHE_KEYS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_child:
-        serve_child(int(args.serve_child[0]), args.serve_child[1])
+        serve_child(int(args.serve_child[0]), args.serve_child[1], int(args.serve_child[2]))
         return
     given = os.environ.get("FEATURESTREAM_REDIS")
     if given:

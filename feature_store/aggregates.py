@@ -24,7 +24,7 @@ source (partition * 2**40 + offset), so ties resolve by ingest order.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,7 @@ __all__ = [
     "event_stats",
     "finalize",
     "finalize_sql",
+    "finalizer",
     "merge",
     "stat_sql",
     "tile_layouts",
@@ -287,23 +288,30 @@ def _merge_plan(layout: TileLayout) -> tuple[tuple[int, int, int, int], ...]:
 
 def finalize(layout: TileLayout, agg: Aggregation, stats: Sequence[Any]) -> Any:
     """The feature value of `agg` from a merged stat vector (count 0 / None when empty)."""
+    return finalizer(layout, agg)(stats)
 
-    def get(stat: str) -> Any:
-        return stats[layout.index(agg.column, stat)]
 
+def finalizer(layout: TileLayout, agg: Aggregation) -> Callable[[Sequence[Any]], Any]:
+    """`finalize` of one aggregation with its stat positions resolved once (the online read path keeps it)."""
     if agg.function == "last":
-        return get("lv") if get("lt") > NO_ORDER else None
-    n = get("n")
+        lt, lv = layout.index(agg.column, "lt"), layout.index(agg.column, "lv")
+        return lambda stats: stats[lv] if stats[lt] > NO_ORDER else None
+    n = layout.index(agg.column, "n")
     match agg.function:
         case "count":
-            return int(n)
+            return lambda stats: int(stats[n])
         case "sum":
-            return float(get("s")) if n > 0 else None
+            s = layout.index(agg.column, "s")
+            return lambda stats: float(stats[s]) if stats[n] > 0 else None
         case "mean":
-            return get("s") / n if n > 0 else None
+            s = layout.index(agg.column, "s")
+            return lambda stats: stats[s] / stats[n] if stats[n] > 0 else None
         case "stddev":
-            return math.sqrt(max(get("m2"), 0.0) / (n - 1)) if n > 1 else None
+            m2 = layout.index(agg.column, "m2")
+            return lambda stats: math.sqrt(max(stats[m2], 0.0) / (stats[n] - 1)) if stats[n] > 1 else None
         case "min":
-            return get("mn") if n > 0 else None
+            mn = layout.index(agg.column, "mn")
+            return lambda stats: stats[mn] if stats[n] > 0 else None
         case _:  # max
-            return get("mx") if n > 0 else None
+            mx = layout.index(agg.column, "mx")
+            return lambda stats: stats[mx] if stats[n] > 0 else None

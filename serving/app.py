@@ -74,7 +74,8 @@ def create_app(settings: Settings, repo: FeatureRepo | None = None, *, repo_path
         state: ServingState = app.state.serving
         if settings.redis:
             state.redis = _redis(settings.redis, config)
-            state.reader = OnlineReader(state.redis, KeyLayout(config.key_prefix or settings.online_prefix))
+            state.reader = OnlineReader(state.redis, KeyLayout(config.key_prefix or settings.online_prefix),
+                                        cache_keys=config.online_cache_keys)
         await state.prediction_log.start()
         log.info("serving_started", redis=bool(settings.redis), kafka=bool(settings.kafka),
                  services=sorted(repo.services), models=len(registry.names()))

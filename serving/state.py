@@ -28,6 +28,7 @@ class ServingConfig:
     """Serving knobs that are not deployment settings; defaults suit production."""
 
     max_entities: int = 1000
+    online_cache_keys: int = 20_000  # tile hashes whose closed tiles the reader caches (0: off)
     redis_timeout_s: float = 0.3
     key_prefix: str | None = None  # None: Settings.online_prefix
     prediction_topic: str = "_predictions"

@@ -68,9 +68,14 @@ class KeyLayout:
         return f"{self.prefix}:{KEY_VERSION}:{self.tag(source, partition)}:offset"
 
     def state_key(self, view: FeatureView, partition: int, entity: str | int, hop_ms: int | None) -> str:
+        head, tail = self.state_key_parts(view, partition, hop_ms)
+        return f"{head}{entity}{tail}"
+
+    def state_key_parts(self, view: FeatureView, partition: int, hop_ms: int | None) -> tuple[str, str]:
+        """(head, tail) such that `state_key(...) == head + str(entity) + tail` (readers build many keys)."""
         series = "latest" if hop_ms is None else f"h{format_ms(hop_ms)}"
-        return (f"{self.prefix}:{KEY_VERSION}:{self.tag(view.source, partition)}:"
-                f"{view.name}.{view.state_fingerprint}:{entity}:{series}")
+        return (f"{self.prefix}:{KEY_VERSION}:{self.tag(view.source, partition)}:{view.name}.{view.state_fingerprint}:",
+                f":{series}")
 
     def partitions_to_read(self, view: FeatureView, entity: str | int) -> list[int]:
         """Partitions holding state of `entity` for `view`: one when co-partitioned, else all."""

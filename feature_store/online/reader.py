@@ -15,11 +15,12 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from feature_store.aggregates import NO_ORDER, empty_stats, finalize, merge, tile_layouts
+from feature_store.aggregates import NO_ORDER, merge, tile_layouts
 from feature_store.definitions import FeatureView
 from feature_store.errors import OnlineStoreUnavailable
 from feature_store.online.codec import unpack_latest
 from feature_store.online.keys import KeyLayout
+from feature_store.online.resp import execute
 from feature_store.online.tile_cache import Entry, Merged, Shape, TileCache, from_full, from_probe, shape_of
 from feature_store.windows import tile_start
 
@@ -51,6 +52,14 @@ class _Series:
     merged: Merged | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _ViewKeys:
+    view: FeatureView
+    shapes: list[Shape]  # windowed: one per tile layout
+    tile_parts: list[list[tuple[str, str]]]  # per shape, per partition: state key (head, tail)
+    latest_parts: list[tuple[str, str]]  # per partition
+
+
 @dataclass(slots=True)
 class _Plan:
     """Where one (row, view) reads its state inside the pipeline's replies."""
@@ -58,6 +67,7 @@ class _Plan:
     row: int
     view: FeatureView
     features: Sequence[str]
+    wanted: frozenset[str]
     start: int
     partitions: int
     series: list[list[_Series]] = field(default_factory=list)  # windowed: per layout, one per partition
@@ -74,7 +84,7 @@ class OnlineReader:
     def __init__(self, redis: aioredis.Redis, keys: KeyLayout, *, cache_keys: int = 20_000) -> None:
         self._redis = redis
         self._keys = keys
-        self._layouts: dict[int, tuple[FeatureView, list[Shape]]] = {}  # id(view) -> (view, shapes)
+        self._views: dict[int, _ViewKeys] = {}  # id(view) -> what reading it needs, built once
         self._cache = TileCache(cache_keys)
 
     @property
@@ -82,12 +92,16 @@ class OnlineReader:
         """The closed-tile cache (its `hits`, `stale` and `full` counters say how reads went)."""
         return self._cache
 
-    def _shapes(self, view: FeatureView) -> list[Shape]:
-        """The read shape of each tile layout of `view`, built once per view object (kept, so its id stays unique)."""
-        entry = self._layouts.get(id(view))
-        if entry is None or entry[0] is not view:
-            entry = self._layouts[id(view)] = (view, [shape_of(layout) for layout in tile_layouts(view)])
-        return entry[1]
+    def _view_keys(self, view: FeatureView) -> _ViewKeys:
+        """Shapes and key parts of `view`, built once per view object (kept, so its id stays unique)."""
+        found = self._views.get(id(view))
+        if found is None or found.view is not view:
+            partitions = range(view.source.partitions)
+            shapes = [shape_of(layout) for layout in tile_layouts(view)] if view.is_windowed else []
+            found = self._views[id(view)] = _ViewKeys(
+                view, shapes, [[self._keys.state_key_parts(view, p, s.hop_ms) for p in partitions] for s in shapes],
+                [self._keys.state_key_parts(view, p, None) for p in partitions])
+        return found
 
     async def read(
         self,
@@ -100,31 +114,31 @@ class OnlineReader:
         A row maps join keys to entity keys; a view whose join key is absent
         from the row yields `missing` values.
         """
-        pipe = self._redis.pipeline(transaction=False)
+        commands: list[tuple[Any, ...]] = []
         plans: list[_Plan] = []
         windowed: list[_Series] = []
         count = 0
         cache = self._cache
+        asked = [(view, names, frozenset(names), view.entity.join_key, self._view_keys(view))
+                 for view, names in features.items()]  # (views hash by content: slow dict keys)
         for row_index, row in enumerate(rows):
-            for view, names in features.items():
-                entity = row.get(view.entity.join_key)
-                plan = _Plan(row_index, view, names, count, 0)
+            for view, names, wanted, join_key, known in asked:
+                entity = row.get(join_key)
+                plan = _Plan(row_index, view, names, wanted, count, 0)
                 plans.append(plan)
                 if entity is None:
                     continue
                 partitions = self._keys.partitions_to_read(view, entity)
                 plan.partitions = len(partitions)
                 if view.is_windowed:
-                    for shape in self._shapes(view):
+                    for shape, parts in zip(known.shapes, known.tile_parts, strict=True):
                         start = tile_start(t_ms, shape.hop_ms)
                         per_partition = []
                         for p in partitions:
-                            key = self._keys.state_key(view, p, entity, shape.hop_ms)
+                            head, tail = parts[p]
+                            key = f"{head}{entity}{tail}"
                             entry = cache.get(key, start)
-                            if entry is None:
-                                pipe.hgetall(key)
-                            else:
-                                pipe.hmget(key, entry.probe)
+                            commands.append(("HGETALL", key) if entry is None else ("HMGET", key, *entry.probe))
                             series = _Series(count, key, shape, start, entry)
                             per_partition.append(series)
                             windowed.append(series)
@@ -132,9 +146,10 @@ class OnlineReader:
                         plan.series.append(per_partition)
                 else:
                     for p in partitions:
-                        pipe.get(self._keys.state_key(view, p, entity, None))
+                        head, tail = known.latest_parts[p]
+                        commands.append(("GET", f"{head}{entity}{tail}"))
                         count += 1
-        replies = await self._execute(pipe) if count else []
+        replies = await self._execute(commands) if count else []
         stale: list[_Series] = []
         for series in windowed:
             reply = replies[series.index]
@@ -143,7 +158,7 @@ class OnlineReader:
                 if series.merged is None:
                     stale.append(series)
             else:
-                series.merged, entry = from_full(series.shape, series.start, reply)
+                series.merged, entry = from_full(series.shape, series.start, _pairs(reply))
                 cache.put(series.key, entry)
                 cache.full += 1
         if windowed:
@@ -152,11 +167,9 @@ class OnlineReader:
             cache.stale += len(stale)
             cache.full += len(stale)
         if stale:  # closed tiles changed since cached (late events, rewrites): read those hashes whole
-            again = self._redis.pipeline(transaction=False)
-            for series in stale:
-                again.hgetall(series.key)
-            for series, reply in zip(stale, await self._execute(again), strict=True):
-                series.merged, entry = from_full(series.shape, series.start, reply)
+            again = await self._execute([("HGETALL", series.key) for series in stale])
+            for series, reply in zip(stale, again, strict=True):
+                series.merged, entry = from_full(series.shape, series.start, _pairs(reply))
                 cache.put(series.key, entry)
         out: list[dict[str, FeatureValue]] = [{} for _ in rows]
         for plan in plans:
@@ -170,17 +183,15 @@ class OnlineReader:
                 self._finish_latest(plan, replies, values, t_ms)
         return out
 
-    @staticmethod
-    async def _execute(pipe: Any) -> list[Any]:
+    async def _execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         try:
-            return await pipe.execute()  # type: ignore[no-any-return]
+            return await execute(self._redis, commands)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise OnlineStoreUnavailable(f"Redis is unreachable ({type(exc).__name__}); retry shortly") from None
 
     @staticmethod
     def _finish_windowed(plan: _Plan, values: dict[str, FeatureValue]) -> None:
-        wanted = plan.features
-        prefix = plan.view.name
+        wanted = plan.wanted
         for per_partition in plan.series:
             shape = per_partition[0].shape
             layout = shape.layout
@@ -191,16 +202,16 @@ class OnlineReader:
                 merged = [a if b is None else b if a is None else merge(layout, a, b)
                           for a, b in zip(merged, other.merged, strict=True)]
             newest_index = shape.newest_index
-            for stats, aggs in zip(merged, shape.by_depth, strict=True):
-                for agg in aggs:
-                    if agg.name not in wanted:
-                        continue
-                    if stats is None or stats[newest_index] <= NO_ORDER:
-                        values[f"{prefix}:{agg.name}"] = FeatureValue(finalize(layout, agg, empty_stats(layout)),
-                                                                      "default")
-                    else:
-                        values[f"{prefix}:{agg.name}"] = FeatureValue(finalize(layout, agg, stats), "present",
-                                                                      int(stats[newest_index]))
+            for stats, finals in zip(merged, shape.by_depth, strict=True):
+                if stats is None or stats[newest_index] <= NO_ORDER:
+                    for final in finals:
+                        if final.name in wanted:
+                            values[final.ref] = FeatureValue(final.default, "default")
+                else:
+                    newest = int(stats[newest_index])
+                    for final in finals:
+                        if final.name in wanted:
+                            values[final.ref] = FeatureValue(final.value(stats), "present", newest)
 
     @staticmethod
     def _finish_latest(plan: _Plan, replies: list[Any], values: dict[str, FeatureValue], t_ms: int) -> None:
@@ -220,3 +231,10 @@ class OnlineReader:
             else:
                 values[ref] = FeatureValue(None, "missing")
 
+
+def _pairs(reply: dict[bytes, bytes] | list[bytes]) -> dict[bytes, bytes]:
+    """An HGETALL reply as a dict: RESP3 gives a map already, RESP2 a flat field, value list."""
+    if isinstance(reply, dict):
+        return reply
+    it = iter(reply)
+    return dict(zip(it, it, strict=False))

@@ -24,15 +24,16 @@ a full `HGETALL`. The cache is a bounded LRU.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from feature_store.aggregates import TileLayout, merge
+from feature_store.aggregates import TileLayout, empty_stats, finalizer, merge
 from feature_store.definitions import Aggregation
 from feature_store.online.codec import unpack_stats
 from feature_store.online.keys import NEWEST_FIELD, VERSION_FIELD
 
-__all__ = ["PROBE_SPAN", "Entry", "Shape", "TileCache", "from_full", "from_probe", "shape_of"]
+__all__ = ["PROBE_SPAN", "Entry", "Final", "Shape", "TileCache", "from_full", "from_probe", "shape_of"]
 
 PROBE_SPAN = 3
 """Open tiles fetched by name at most; beyond, only the boundary tile is fetched and `~t` must be unchanged."""
@@ -51,9 +52,19 @@ class Shape:
     layout: TileLayout
     hop_ms: int
     depths: tuple[int, ...]  # the window depths in tiles (window / hop) of its aggregations, ascending
-    by_depth: tuple[tuple[Aggregation, ...], ...]  # aligned with depths
+    by_depth: tuple[tuple[Final, ...], ...]  # aligned with depths
     newest_index: int  # position of the newest event time in the stat vector
     max_depth: int
+
+
+@dataclass(frozen=True, slots=True)
+class Final:
+    """How one aggregation is served: its name, 'view:name', its finalizer and its value without events."""
+
+    name: str
+    ref: str
+    value: Callable[[Sequence[Any]], Any]
+    default: Any
 
 
 def shape_of(layout: TileLayout) -> Shape:
@@ -64,7 +75,13 @@ def shape_of(layout: TileLayout) -> Shape:
         for agg in layout.aggregations:
             grouped.setdefault(agg.window_ms // layout.hop_ms, []).append(agg)
         depths = tuple(sorted(grouped))
-        shape = Shape(layout, layout.hop_ms, depths, tuple(tuple(grouped[d]) for d in depths),
+        empty = empty_stats(layout)
+
+        def final(agg: Aggregation) -> Final:
+            value = finalizer(layout, agg)
+            return Final(agg.name, f"{layout.view}:{agg.name}", value, value(empty))
+
+        shape = Shape(layout, layout.hop_ms, depths, tuple(tuple(final(a) for a in grouped[d]) for d in depths),
                       layout.index("*", "et"), depths[-1])
         object.__setattr__(layout, "_read_shape", shape)  # derived from the frozen fields
     return shape
