@@ -5,23 +5,30 @@ the stream path would hold at `end_ms` for the same applied events ("as
 served": events with `event_time <= end` and `ingest_time <= end`), in the
 same key layout and codec (`feature_store.online`):
 
-- windowed views: per entity, partition and hop one HSET with every tile
-  `tile_start -> pack_stats(stats)` for tiles overlapping
-  `[start - max_window, end]`; stats come from `stat_sql`, grouped by
-  entity, partition (the log's Kafka partition, or `partition_for(entity)`
-  for batch sources) and tile start.
+- windowed views: per entity, partition and hop `HDEL key ~m ~t` (the
+  reader-cache markers the stream worker keeps, stale once tiles are
+  overwritten), one HSET with every tile `tile_start -> pack_stats(stats)`
+  for tiles overlapping `[start - max_window, end]`, and a PEXPIRE; stats
+  come from `stat_sql`, grouped by entity, partition (the log's Kafka
+  partition, or `partition_for(entity)` for batch sources) and tile start.
 - latest-value views: per entity and partition one SET of
   `pack_latest(event_time, tie, seq, values)` of the newest applied row with
-  `event_time <= end`.
+  `event_time <= end`, found in two passes: the newest row's `__seq` per
+  group (a primitive arg_max: DuckDB's arg_max over a struct of all fields
+  cost ~4x more), then those rows' values (`__seq` identifies a row: the log
+  holds no duplicates, batch rows are numbered per file).
 
-Writes overwrite (HSET fields, SET), so running it twice changes nothing -
-bit for bit: tile queries run on one DuckDB thread, because a parallel sum
-adds floats in a different order each run (last-bit differences in `s`,
-`m2`). Each key gets a PEXPIRE of its window (or ttl) plus `EXPIRE_MARGIN_MS`.
-Values are packed from Arrow columns, commands by hiredis, and they go out
-on one connection in pipelines of `chunk` commands, the next chunk being
-built while Redis works on the last (redis-py's pipeline object costs
-several times more per command than the wire does).
+Writes overwrite (HSET fields, SET) and HDEL is idempotent, so running it
+twice changes nothing - bit for bit: tile queries run on one DuckDB thread
+each (the layouts of a run concurrently, one query per thread), because a
+parallel sum adds floats in a different order each run (last-bit
+differences in `s`, `m2`). Each key gets a PEXPIRE of its window (or ttl)
+plus `EXPIRE_MARGIN_MS`.
+
+Values and whole RESP commands are built a column at a time
+(`feature_store._columnar`: the same msgpack bytes as `online.codec`) in
+worker threads, one record batch ahead of the writer, which sends them on
+one connection in chunks of `chunk` commands while Redis answers the last.
 Offsets (`KeyLayout.offset_key`) are never touched: a stream worker later
 replaying events already materialized would count them again, so backfill
 ranges the stream path has not applied, or restart the worker from `end`.
@@ -33,13 +40,16 @@ import asyncio
 import contextlib
 import ssl
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import hiredis
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import redis.asyncio as aioredis
 import structlog
 from redis.asyncio.connection import SSLConnection
@@ -47,21 +57,24 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from feature_store._columnar import bulk, concat, constant, hash_fields, key_text, msgpack_rows, partitions, text
 from feature_store.aggregates import TileLayout, stat_sql, tile_layouts
 from feature_store.definitions import FeatureView
 from feature_store.errors import OfflineStoreError, OnlineStoreUnavailable
 from feature_store.offline.engine import connect
 from feature_store.offline.events import STRUCT_ORDER, order_key, view_events_sql
-from feature_store.online import KeyLayout, pack_latest, partition_for
-from feature_store.online.codec import pack_stats_many
+from feature_store.online import KeyLayout
 from feature_store.windows import DAY_MS, tile_start
 
-__all__ = ["EXPIRE_MARGIN_MS", "MaterializeReport", "materialize"]
+__all__ = ["EXPIRE_MARGIN_MS", "READER_MARKERS", "MaterializeReport", "materialize"]
 
 EXPIRE_MARGIN_MS = DAY_MS
 """Keys live their window (tiles) or ttl (latest values) plus this margin after the last write."""
 
-_BATCH_ROWS = 65_536
+READER_MARKERS = ("~m", "~t")
+"""Tile-hash fields of the serving reader's cache, kept by the stream worker; dropped on every tile key written."""
+
+_BATCH_ROWS = 262_144
 _log = structlog.get_logger(__name__)
 
 ProgressCallback = Callable[[str, int], None]
@@ -80,31 +93,47 @@ class MaterializeReport:
     seconds: float
 
 
-class _Writer:
-    """Pipelined writes on one dedicated connection: commands packed and replies parsed by hiredis.
+@dataclass(frozen=True)
+class _Block:
+    """Encoded RESP commands of some keys: key i's commands are data[offsets[i]:offsets[i + 1]]."""
 
-    Chunks of `chunk` commands go out in one write; a chunk's replies are
-    read only when the next chunk is packed, so Redis executes one while we
-    pack the next. redis-py's pipeline (and its per-reply `read_response`)
-    costs several times what the wire does per command, so bulk writes
-    connect with the client's own settings (host/port or unix path, user,
-    password, db, TLS) and speak RESP directly. Any error reply fails the run.
+    view: str
+    data: memoryview
+    offsets: np.ndarray
+    commands_per_key: int
+    tiles: int
+
+    @property
+    def keys(self) -> int:
+        return len(self.offsets) - 1
+
+
+def _block(view: str, commands: pa.Array, commands_per_key: int, tiles: int = 0) -> _Block:
+    """Wrap a large_binary column holding the commands of one key per row."""
+    _, offsets, data = commands.buffers()
+    bounds = np.frombuffer(offsets, dtype=np.int64)[commands.offset:commands.offset + len(commands) + 1]
+    return _Block(view, memoryview(data if data is not None else b""), bounds, commands_per_key, tiles)
+
+
+class _Writer:
+    """Pipelined writes of pre-encoded commands on one dedicated connection.
+
+    Bulk writes connect with the client's own settings (host/port or unix
+    path, user, password, db, TLS) and speak RESP directly: redis-py's
+    pipeline costs several times what the wire does per command. At most
+    two chunks are unanswered, so Redis always has the next one queued.
+    Every command sent replies on one line (+OK, :n or -ERR), so replies
+    are counted, not parsed; any error reply fails the run.
     """
 
     def __init__(self, redis: aioredis.Redis, chunk: int) -> None:
         self._settings = dict(redis.connection_pool.connection_kwargs)
         self._tls = issubclass(redis.connection_pool.connection_class, SSLConnection)
-        self._chunk = chunk
-        self._buffer: list[bytes] = []
+        self._chunk = max(chunk, 1)
         self._unread = 0
-        self._parser = hiredis.Reader()
+        self._partial = b""
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self.commands = 0
-
-    def add(self, *args: Any) -> bool:
-        """Queue one command; True when a chunk is full (then `await flush()`)."""
-        self._buffer.append(hiredis.pack_command(args))
-        return len(self._buffer) >= self._chunk
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         options = self._settings
@@ -119,37 +148,41 @@ class _Writer:
         if options.get("password"):
             hello.append(("AUTH", *([options["username"]] if options.get("username") else []), options["password"]))
         hello.append(("SELECT", int(options.get("db") or 0)))
-        self._buffer[:0] = [hiredis.pack_command(command) for command in hello]
+        streams[1].write(b"".join(hiredis.pack_command(command) for command in hello))
+        self._unread += len(hello)
         return streams
 
-    async def flush(self) -> None:
+    async def send(self, block: _Block) -> None:
+        """Write a block's commands in chunks (cut between keys) of about `chunk` commands."""
         reader, writer = self._streams or await self._open()
-        await self._read_replies(reader)
-        if self._buffer:
-            writer.write(b"".join(self._buffer))
+        per_chunk = max(self._chunk // block.commands_per_key, 1)
+        for first in range(0, block.keys, per_chunk):
+            last = min(first + per_chunk, block.keys)
+            writer.write(block.data[block.offsets[first]:block.offsets[last]])
+            sent = (last - first) * block.commands_per_key
+            self._unread += sent
+            self.commands += sent
             await writer.drain()
-            self._unread, self.commands = len(self._buffer), self.commands + len(self._buffer)
-            self._buffer = []
+            await self._read_replies(reader, self._chunk)
 
-    async def _read_replies(self, reader: asyncio.StreamReader) -> None:
-        while self._unread:
-            reply = self._parser.gets()
-            if reply is False:
-                data = await reader.read(1 << 20)
-                if not data:
-                    raise RedisConnectionError("Redis closed the connection")
-                self._parser.feed(data)
-                continue
-            if isinstance(reply, hiredis.ReplyError):
-                raise ResponseError(str(reply))
-            self._unread -= 1
+    async def _read_replies(self, reader: asyncio.StreamReader, leave: int = 0) -> None:
+        """Read replies until at most `leave` are outstanding."""
+        while self._unread > leave:
+            data = await reader.read(1 << 20)
+            if not data:
+                raise RedisConnectionError("Redis closed the connection")
+            data = self._partial + data
+            end = data.rfind(b"\r\n") + 2
+            complete, self._partial = data[:end], data[end:]
+            if complete.startswith(b"-") or b"\n-" in complete:
+                line = complete[complete.find(b"-", 0 if complete.startswith(b"-") else complete.find(b"\n-")):]
+                raise ResponseError(line.split(b"\r\n", 1)[0][1:].decode(errors="replace"))
+            self._unread -= complete.count(b"\r\n")
 
     async def close(self) -> None:
-        """Send what is queued and read every reply."""
-        if self._buffer or self._unread:
-            await self.flush()
-            if self._streams is not None:
-                await self._read_replies(self._streams[0])
+        """Read every outstanding reply."""
+        if self._streams is not None:
+            await self._read_replies(self._streams[0])
 
     async def disconnect(self) -> None:
         """Drop the connection (after `close`, or after an error with replies unread)."""
@@ -160,119 +193,159 @@ class _Writer:
             self._streams = None
 
 
-def _key_maker(keys: KeyLayout, view: FeatureView, hop_ms: int | None) -> Callable[[int, Any], str]:
-    """Fast `keys.state_key(view, p, entity, hop)`: the layout is built once per partition, then filled in."""
+def _key_parts(keys: KeyLayout, view: FeatureView, hop_ms: int | None) -> tuple[pa.Array, pa.Array]:
+    """Per partition, the key text before and after the entity (`keys.state_key` is the one layout)."""
     marker = "\x00"
     parts = [keys.state_key(view, p, marker, hop_ms).split(marker) for p in range(view.source.partitions)]
-    return lambda p, entity: f"{parts[p][0]}{entity}{parts[p][1]}"
+    return pa.array([p[0].encode() for p in parts], pa.large_binary()), \
+        pa.array([p[1].encode() for p in parts], pa.large_binary())
 
 
-def _partitions(view: FeatureView) -> Callable[[Any, Any], int]:
-    """Partition of a state row: the log's, else `partition_for(entity)` (cached per entity)."""
-    count = view.source.partitions
-    cache: dict[Any, int] = {}
+def _state_keys(view: FeatureView, parts: tuple[pa.Array, pa.Array], entity: pa.Array,
+                partition: pa.Array) -> pa.Array:
+    """Keys of state rows: the log's partition, else `partition_for(entity)` (batch rows carry none)."""
+    if partition.null_count == len(partition):
+        index = pa.array(partitions(entity, view.source.partitions))
+    elif partition.null_count:
+        index = pc.coalesce(partition.cast(pa.int64()), pa.array(partitions(entity, view.source.partitions)))
+    else:
+        index = partition.cast(pa.int64())
+    return concat(parts[0].take(index), key_text(entity), parts[1].take(index))
 
-    def of(partition: Any, entity: Any) -> int:
-        if partition is not None:
-            return int(partition)
-        if count == 1:
-            return 0
-        p = cache.get(entity)
-        if p is None:
-            p = cache[entity] = partition_for(entity, count)
-        return p
 
-    return of
+def _segments(rows: pa.Array, starts: np.ndarray) -> pa.Array:
+    """Rows starts[i]..starts[i + 1] (the last run: to the end) joined, without a copy: a view with fewer offsets."""
+    _, offsets, data = rows.buffers()
+    bounds = np.frombuffer(offsets, dtype=np.int64)[rows.offset:rows.offset + len(rows) + 1]
+    return pa.Array.from_buffers(pa.large_binary(), len(starts), [None, pa.py_buffer(np.append(bounds[starts],
+                                                                                             bounds[-1])), data])
 
 
 def _served(ignore_ingest_time: bool, end_ms: int) -> str:
     return "" if ignore_ingest_time else f" AND __avail <= {end_ms}"
 
 
-def _batches(con: duckdb.DuckDBPyConnection, sql: str) -> Iterator[dict[str, list[Any]]]:
-    reader = con.sql(sql).to_arrow_reader(_BATCH_ROWS)
-    for batch in reader:
-        yield {name: batch.column(i).to_pylist() for i, name in enumerate(batch.schema.names)}
+def _command(*words: str) -> bytes:
+    """Constant words of a command as RESP bulk strings."""
+    return b"".join(b"$%d\r\n%s\r\n" % (len(w), w.encode()) for w in words)
 
 
-async def _latest(con: duckdb.DuckDBPyConnection, events: str, view: FeatureView, keys: KeyLayout,
-                  writer: _Writer, end_ms: int, ignore_ingest_time: bool, progress: ProgressCallback | None) -> int:
+def _latest_blocks(con: duckdb.DuckDBPyConnection, events: str, view: FeatureView, keys: KeyLayout,
+                   end_ms: int, ignore_ingest_time: bool) -> Iterator[_Block]:
     key = order_key(con, events)
     order = key.sql if key is not None else STRUCT_ORDER
-    fields = [f'"{f}"' for f in view.fields]
-    best = f"arg_max(struct_pack(__t := __event_time, __k := __tie, __q := __seq, {', '.join(fields)}), {order})"
-    sql = (f"SELECT __entity, __partition, unnest(__best) FROM (SELECT __entity, __partition, {best} AS __best "
-           f"FROM ({events}) WHERE __event_time <= {end_ms}{_served(ignore_ingest_time, end_ms)} "
-           f"GROUP BY __entity, __partition)")
-    key_of = _key_maker(keys, view, None)
-    partition_of = _partitions(view)
-    expire = [] if view.ttl_ms is None else ["PX", view.ttl_ms + EXPIRE_MARGIN_MS]
-    written = 0
-    for cols in _batches(con, sql):
-        values = list(zip(*(cols[f] for f in view.fields), strict=True))
-        for entity, part, t, k, q, vals in zip(cols["__entity"], cols["__partition"], cols["__t"], cols["__k"],
-                                               cols["__q"], values, strict=True):
-            if writer.add("SET", key_of(partition_of(part, entity), entity), pack_latest(t, k, q, vals), *expire):
-                await writer.flush()
-        written += len(values)
-        if progress is not None:
-            progress(view.name, written)
-    return written
+    fields = ", ".join(f'"{f}"' for f in view.fields)
+    sql = (f"SELECT __entity, __partition, __event_time, __tie, __seq, {fields} FROM ({events}) "
+           f"WHERE __seq IN (SELECT arg_max(__seq, {order}) FROM ({events}) WHERE __event_time <= {end_ms}"
+           f"{_served(ignore_ingest_time, end_ms)} GROUP BY __entity, __partition)")
+    parts = _key_parts(keys, view, None)
+    expire = b"" if view.ttl_ms is None else _command("PX", str(view.ttl_ms + EXPIRE_MARGIN_MS))
+    head = constant((b"*5\r\n" if expire else b"*3\r\n") + _command("SET"))
+    for batch in con.sql(sql).to_arrow_reader(_BATCH_ROWS):
+        if not batch.num_rows:
+            continue
+        cols = batch.columns
+        state_keys = _state_keys(view, parts, cols[0], cols[1])
+        values = msgpack_rows(cols[2:])
+        yield _block(view.name, concat(head, bulk(state_keys), bulk(values), constant(expire)), 1)
 
 
-async def _tiles(con: duckdb.DuckDBPyConnection, events: str, view: FeatureView, layout: TileLayout,
-                 keys: KeyLayout, writer: _Writer, start_ms: int, end_ms: int, ignore_ingest_time: bool,
-                 progress: ProgressCallback | None) -> tuple[int, int]:
+def _whole_keys(batches: Iterable[pa.RecordBatch]) -> Iterator[tuple[pa.Table, np.ndarray]]:
+    """Tables of whole keys from rows sorted by (partition, entity), with the first row of each key.
+
+    A batch's last key is held back: the next batch may hold more of its rows.
+    """
+    carry: pa.Table | None = None
+    for batch in batches:
+        table = pa.Table.from_batches([batch])
+        table = table if carry is None else pa.concat_tables([carry, table]).combine_chunks()
+        if not table.num_rows:
+            continue
+        entity, partition = table.column(0), table.column(1).fill_null(-1)
+        change = np.ones(table.num_rows, dtype=bool)
+        change[1:] = pc.or_(pc.not_equal(entity[1:], entity[:-1]),
+                            pc.not_equal(partition[1:], partition[:-1])).to_numpy(zero_copy_only=False)
+        starts = np.flatnonzero(change)
+        carry = table.slice(starts[-1])
+        if len(starts) > 1:
+            yield table.slice(0, starts[-1]), starts[:-1]
+    if carry is not None:
+        yield carry, np.zeros(1, dtype=np.int64)
+
+
+def _tile_blocks(con: duckdb.DuckDBPyConnection, events: str, view: FeatureView, layout: TileLayout,
+                 keys: KeyLayout, start_ms: int, end_ms: int, ignore_ingest_time: bool) -> Iterator[_Block]:
+    """HDEL markers, HSET tiles, PEXPIRE per key; rows come sorted by (partition, entity, tile)."""
     hop = layout.hop_ms
     lower = tile_start(start_ms - layout.max_window_ms, hop)
     tile = f"(__event_time - (((__event_time % {hop}) + {hop}) % {hop}))"  # windows.tile_start
-    stats = stat_sql(layout)
-    sql = (f"SELECT __entity, __partition, {tile} AS __tile, {', '.join(stats)} FROM ({events}) "
+    sql = (f"SELECT __entity, __partition, {tile} AS __tile, {', '.join(stat_sql(layout))} FROM ({events}) "
            f"WHERE __event_time >= {lower} AND __event_time <= {end_ms}{_served(ignore_ingest_time, end_ms)} "
            f"GROUP BY ALL ORDER BY __partition, __entity, __tile")
-    key_of = _key_maker(keys, view, hop)
-    partition_of = _partitions(view)
-    expire = layout.max_window_ms + hop + EXPIRE_MARGIN_MS
-    threads = con.execute("SELECT current_setting('threads')").fetchall()[0]
-    con.execute("SET threads = 1")  # float sums in one fixed order: a re-run writes identical bytes
-    labels = [s.label for s in layout.stats]
-    tiles = keys_written = 0
-    current: tuple[Any, Any] | None = None  # (entity, partition) of the key being filled
-    mapping: list[Any] = []  # its HSET field/value pairs so far (a key may span record batches)
+    parts = _key_parts(keys, view, hop)
+    expire = constant(_command(str(layout.max_window_ms + hop + EXPIRE_MARGIN_MS)))
+    hdel = constant(b"*4\r\n" + _command("HDEL"))
+    markers = constant(_command(*READER_MARKERS))
+    for table, starts in _whole_keys(con.sql(sql).to_arrow_reader(_BATCH_ROWS)):
+        size = table.num_rows
+        entity, partition = table.column(0).combine_chunks(), table.column(1).combine_chunks()
+        ends = np.append(starts[1:], size)
+        state_keys = bulk(_state_keys(view, parts, entity.take(starts), partition.take(starts)))
+        counts = pa.array(2 + 2 * (ends - starts))
+        heads = concat(hdel, state_keys, markers, constant(b"*"), text(counts), constant(b"\r\n" + _command("HSET")),
+                       state_keys)
+        tails = concat(constant(b"*3\r\n" + _command("PEXPIRE")), state_keys, expire)
+        bodies = hash_fields(table.column(2), table.columns[3:])
+        yield _block(view.name, concat(heads, _segments(bodies, starts), tails), 3, tiles=size)
 
-    async def emit() -> None:
-        nonlocal keys_written
-        if current is not None and mapping:
-            key = key_of(partition_of(current[1], current[0]), current[0])
-            writer.add("HSET", key, *mapping)
-            keys_written += 1
-            if writer.add("PEXPIRE", key, expire):
-                await writer.flush()
 
+async def _send_all(producers: list[Iterator[_Block]], writer: _Writer, progress: ProgressCallback | None
+                    ) -> tuple[int, int]:
+    """Write what the producers yield, each running one block ahead in its own worker thread."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[_Block | None] = asyncio.Queue(maxsize=2 * len(producers))
+
+    in_flight: set[asyncio.Future[_Block | None]] = set()
+
+    async def produce(blocks: Iterator[_Block]) -> None:
+        try:
+            while True:
+                in_flight.add(step := loop.run_in_executor(None, next, blocks, None))
+                block = await step
+                in_flight.discard(step)
+                if block is None:
+                    break
+                await queue.put(block)
+        finally:
+            await queue.put(None)
+
+    tasks = [asyncio.create_task(produce(p)) for p in producers]
+    keys = tiles = 0
+    written: dict[str, int] = {}
     try:
-        for cols in _batches(con, sql):
-            packed = pack_stats_many(zip(*(cols[label] for label in labels), strict=True))
-            entities, parts, starts = cols["__entity"], cols["__partition"], cols["__tile"]
-            size, i = len(starts), 0
-            while i < size:  # rows come sorted by (partition, entity, tile): one run per key
-                entity, part = entities[i], parts[i]
-                j = i + 1
-                while j < size and entities[j] == entity and parts[j] == part:
-                    j += 1
-                if current != (entity, part):
-                    await emit()
-                    current, mapping = (entity, part), []
-                run: list[Any] = [None] * (2 * (j - i))
-                run[0::2], run[1::2] = starts[i:j], packed[i:j]
-                mapping += run
-                i = j
-            tiles += size
+        running = len(tasks)
+        while running:
+            block = await queue.get()
+            if block is None:
+                running -= 1
+                continue
+            await writer.send(block)
+            keys, tiles = keys + block.keys, tiles + block.tiles
+            written[block.view] = written.get(block.view, 0) + block.keys
             if progress is not None:
-                progress(view.name, keys_written)
+                progress(block.view, written[block.view])
+        for task in tasks:
+            await task  # a producer's error
     finally:
-        con.execute(f"SET threads = {int(threads[0]) if threads else 1}")
-    await emit()
-    return keys_written, tiles
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        for step in list(in_flight):  # a worker thread still in a query: let it finish before the cursor closes
+            with contextlib.suppress(BaseException):
+                await step
+    return keys, tiles
 
 
 async def materialize(redis: aioredis.Redis, keys: KeyLayout, data_dir: Path, views: Sequence[FeatureView],
@@ -286,23 +359,32 @@ async def materialize(redis: aioredis.Redis, keys: KeyLayout, data_dir: Path, vi
     own = con is None
     con = con or connect(data_dir)
     writer = _Writer(redis, chunk)
-    total_keys = total_tiles = total_latest = done = 0
+    online = [view for view in views if view.online]
+    total_keys = total_tiles = total_latest = 0
+    cursors: list[duckdb.DuckDBPyConnection] = []
     try:
-        for view in views:
-            if not view.online:
-                continue
-            events = view_events_sql(con, data_dir, view)
-            if view.is_windowed:
-                for layout in tile_layouts(view):
-                    written, tiles = await _tiles(con, events, view, layout, keys, writer, start_ms, end_ms,
-                                                  ignore_ingest_time, progress)
-                    total_keys += written
-                    total_tiles += tiles
-            else:
-                written = await _latest(con, events, view, keys, writer, end_ms, ignore_ingest_time, progress)
+        for view in online:
+            if not view.is_windowed:
+                events = view_events_sql(con, data_dir, view)
+                written, _ = await _send_all([_latest_blocks(con, events, view, keys, end_ms, ignore_ingest_time)],
+                                             writer, progress)
                 total_keys += written
                 total_latest += written
-            done += 1
+        tiled = [(view, layout) for view in online if view.is_windowed for layout in tile_layouts(view)]
+        if tiled:
+            threads = con.execute("SELECT current_setting('threads')").fetchall()[0]
+            con.execute("SET threads = 1")  # float sums in one fixed order: a re-run writes identical bytes
+            try:
+                producers = []
+                for view, layout in tiled:
+                    cursors.append(cursor := con.cursor())
+                    events = view_events_sql(cursor, data_dir, view)
+                    producers.append(_tile_blocks(cursor, events, view, layout, keys, start_ms, end_ms,
+                                                  ignore_ingest_time))
+                total_keys_tiles, total_tiles = await _send_all(producers, writer, progress)
+                total_keys += total_keys_tiles
+            finally:
+                con.execute(f"SET threads = {int(threads[0]) if threads else 1}")
         await writer.close()
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
         raise OnlineStoreUnavailable(f"materialize: Redis is unreachable ({type(exc).__name__}); retry") from None
@@ -313,9 +395,11 @@ async def materialize(redis: aioredis.Redis, keys: KeyLayout, data_dir: Path, vi
         raise OfflineStoreError(f"materialize: offline query failed: {str(exc).splitlines()[0]}") from exc
     finally:
         await writer.disconnect()
+        for cursor in cursors:
+            cursor.close()
         if own:
             con.close()
-    report = MaterializeReport(views=done, keys=total_keys, tiles=total_tiles, latest=total_latest,
+    report = MaterializeReport(views=len(online), keys=total_keys, tiles=total_tiles, latest=total_latest,
                                commands=writer.commands, seconds=time.perf_counter() - began)
     _log.info("materialized", views=report.views, keys=report.keys, tiles=report.tiles, latest=report.latest,
               seconds=round(report.seconds, 3))
