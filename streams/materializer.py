@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import gc
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -156,6 +157,10 @@ class Materializer:
         )
         self._consumer.subscribe(self.topics, listener=_Listener(self))
         await self._consumer.start()
+        # what exists now lives as long as the worker: keep it out of full collections, which otherwise
+        # walk every client, module and plan object each time (pauses of ~100 ms: freshness outliers)
+        gc.collect()
+        gc.freeze()
         log.info("worker started", topics=self.topics, group=c.group_id)
 
     def _warm_up(self) -> None:
@@ -170,6 +175,7 @@ class Materializer:
     async def stop(self) -> None:
         """Flush the event log and close every client (safe to call twice)."""
         self._stopping.set()
+        gc.unfreeze()
         async with self._lock:
             await self._drain()
             for source in self._sources.values():
@@ -210,7 +216,7 @@ class Materializer:
                         self._inflight = asyncio.ensure_future(self._commit_all(prepared))
                     for source in self._sources.values():
                         for partition in source.log.due():
-                            source.log.flush(partition)
+                            source.log.flush_soon(partition)  # Parquet + fsync off the loop
                 self._update_lag()
         finally:
             async with self._lock:

@@ -12,6 +12,11 @@ written again.
 Writers of one partition on one machine serialize on a lock file, and each
 re-reads the durable offset under the lock and drops rows already logged, so
 even a zombie worker that lost its partition cannot duplicate rows.
+
+`flush_soon` rolls a buffer on one background thread (Parquet encoding, zstd
+and fsync release the GIL), so a stream worker's loop does not stall for
+them; files still appear in offset order (one thread, FIFO), and anything
+that reads or resets a partition's position waits for its pending files first.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import fcntl
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +69,8 @@ class EventLogWriter:
         self._max_age_s = max_age_s
         self._buffers: dict[int, _Buffer] = {}
         self._positions: dict[int, LogPosition] = {}
+        self._pool: ThreadPoolExecutor | None = None  # flush_soon's one thread, started on first use
+        self._pending: list[Future[Path | None]] = []
 
     # -- positions ---------------------------------------------------------------------
 
@@ -80,6 +88,7 @@ class EventLogWriter:
 
     def open_partition(self, partition: int) -> LogPosition | None:
         """Start logging `partition` from its durable position (drops any stale buffer)."""
+        self.wait()
         self._buffers.pop(partition, None)
         position = self.durable(partition)
         if position is None:
@@ -117,9 +126,37 @@ class EventLogWriter:
 
     def flush(self, partition: int) -> Path | None:
         """Commit the partition's buffer as one file (atomically); None when nothing new to write."""
+        self.wait()
         buffer = self._buffers.pop(partition, None)
         if buffer is None or not buffer.tables:
             return None
+        return self._write(partition, buffer)
+
+    def flush_soon(self, partition: int) -> None:
+        """`flush` on the background thread; `wait` (or any later flush) surfaces its errors."""
+        self._raise_failed()
+        buffer = self._buffers.pop(partition, None)
+        if buffer is None or not buffer.tables:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"event-log-{self._source}")
+        self._pending.append(self._pool.submit(self._write, partition, buffer))
+
+    def wait(self) -> None:
+        """Wait for the files `flush_soon` started; raise the first error one of them hit."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def _raise_failed(self) -> None:
+        """Drop finished background flushes, raising an error one of them hit (e.g. a full disk)."""
+        done = [f for f in self._pending if f.done()]
+        if done:
+            self._pending = [f for f in self._pending if not f.done()]
+            for future in done:
+                future.result()
+
+    def _write(self, partition: int, buffer: _Buffer) -> Path | None:
         table = pa.concat_tables(buffer.tables)
         self._dir.mkdir(parents=True, exist_ok=True)
         with self._lock(partition):
@@ -143,6 +180,7 @@ class EventLogWriter:
         return path
 
     def flush_all(self) -> None:
+        self.wait()
         for partition in list(self._buffers):
             self.flush(partition)
 
