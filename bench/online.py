@@ -377,13 +377,18 @@ async def run(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
         "predict_100": [http_post("/v1/predict/bench", {"entities": b, "request": {"amount": 50.0}})
                         for b in hundred],
     }
-    limits_1 = await raw_limits(redis_url, view, entities, 2000, 1)
-    limits_100 = await raw_limits(redis_url, view, entities, 200, 100)
+    limits_1 = await raw_limits(redis_url, view, entities, args.raw_samples, 1)
+    limits_100 = await raw_limits(redis_url, view, entities, max(args.raw_samples // 10, 1), 100)
     results: dict[str, Any] = {}
     warm = {name: bodies[name] for name in ("features_1", "features_100", "predict_1", "predict_100")}
     cold = {"features_1_cold": bodies["features_1"], "features_100_cold": bodies["features_100"]}
-    await _load(args, repo_file, env, 20_000, warm, results)
-    await _load(args, repo_file, env, 0, cold, results)
+    if args.only:
+        warm = {k: v for k, v in warm.items() if k in args.only}
+        cold = {k: v for k, v in cold.items() if k in args.only}
+    if warm:
+        await _load(args, repo_file, env, 20_000, warm, results)
+    if cold:
+        await _load(args, repo_file, env, 0, cold, results)
     cores = os.cpu_count() or 1
     for name, result in results.items():
         limits = limits_1 if "_1" in name and "_100" not in name else limits_100
@@ -453,6 +458,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="closed-loop connections")
     parser.add_argument("--users", type=int, default=2000)
     parser.add_argument("--events-per-user", type=int, default=30)
+    parser.add_argument("--raw-samples", type=int, default=2000, help="raw limit samples (1 entity; 100: a tenth)")
+    parser.add_argument("--only", nargs="*", help="run only these scenarios (e.g. features_1 features_100_cold)")
     parser.add_argument("--serve-child", nargs=3, metavar=("PORT", "REPO", "CACHE_KEYS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_child:

@@ -17,6 +17,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 import structlog
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -26,6 +27,7 @@ from feature_store.online import KeyLayout, OnlineReader
 from feature_store.repo import FeatureRepo
 from feature_store.settings import Settings
 from serving.errors import install_error_handlers
+from serving.hot_path import HotRoutes
 from serving.model_cache import ModelCache
 from serving.prediction_log import PredictionLog
 from serving.routers import features, health, labels, models, monitoring, predict, push, ui
@@ -110,5 +112,7 @@ def create_app(settings: Settings, repo: FeatureRepo | None = None, *, repo_path
         app.include_router(module.router)
     app.include_router(labels.router)
     app.include_router(monitoring.router)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(HotRoutes, routes=[route for route in (*features.router.routes, *predict.router.routes)
+                                          if isinstance(route, APIRoute)])
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: times the hot routes too
     return app

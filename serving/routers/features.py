@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import orjson
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from feature_store.errors import OnlineStoreUnavailable
 from serving.api_models import FeaturesRequest, FeaturesResponse
-from serving.deps import ReadActor
 from serving.errors import BatchTooLarge
-from serving.state import ServingState, get_state
+from serving.hot_path import authorized, documented, json_body
 from serving.vectors import fetch_vectors
 
 __all__ = ["router"]
@@ -25,15 +24,17 @@ _ERRORS: dict[int | str, dict[str, Any]] = {404: {"description": "Unknown servic
            503: {"description": "The online store (Redis) is unreachable; retry"}}
 
 
-@router.post("/v1/features", response_model=FeaturesResponse, responses=_ERRORS)
-async def get_features(body: FeaturesRequest, state: Annotated[ServingState, Depends(get_state)],
-                       _actor: ReadActor) -> Response:
+@router.post("/v1/features", response_model=FeaturesResponse, responses=_ERRORS,
+             openapi_extra=documented(FeaturesRequest))
+async def get_features(request: Request) -> Response:
     """Values with per-value `status` (present, default, stale, missing) and event-time `age_ms`.
 
     Staleness policies of the service apply: `serve` keeps the value (status
     stale), `default` returns the declared default (status stale), `reject`
-    refuses the request with 409.
+    refuses the request with 409. Body and API key: see `serving.hot_path`.
     """
+    state = await authorized(request, "read")
+    body = await json_body(request, FeaturesRequest)
     if len(body.entities) > state.config.max_entities:
         raise BatchTooLarge(f"{len(body.entities)} entities in one request; send at most "
                             f"{state.config.max_entities} per request (split the batch)")

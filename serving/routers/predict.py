@@ -13,11 +13,11 @@ import math
 import time
 import uuid
 from dataclasses import replace
-from typing import Annotated, Any
+from typing import Any
 
 import orjson
 import structlog
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from feature_store.definitions import StalenessPolicy
@@ -25,9 +25,9 @@ from feature_store.errors import FeatureStoreError, OnlineStoreUnavailable
 from feature_store.expressions import parse
 from feature_store.models import ModelVersion
 from serving.api_models import PredictRequest, PredictResponse
-from serving.deps import ReadActor
 from serving.errors import BatchTooLarge, InvalidRequest, StaleFeatureRejected
-from serving.state import ServingState, get_state
+from serving.hot_path import authorized, documented, json_body, query_version
+from serving.state import ServingState
 from serving.vectors import FeatureQuery, Vector, fetch_vectors
 
 __all__ = ["router"]
@@ -61,15 +61,21 @@ def _fallback(state: ServingState, version: ModelVersion, inputs: list[dict[str,
     return [_number(expression.evaluate(row)) for row in inputs]
 
 
-@router.post("/v1/predict/{model}", response_model=PredictResponse, responses=_ERRORS)
-async def predict(
-    model: str,
-    body: PredictRequest,
-    state: Annotated[ServingState, Depends(get_state)],
-    _actor: ReadActor,
-    version: Annotated[int | None, Query(ge=1, description="Pin a version instead of production.")] = None,
-) -> Response:
-    """Prediction per entity with model version, the features the model saw and a request id."""
+_VERSION_DOC = {"name": "version", "in": "query", "required": False,
+                "description": "Pin a version instead of production.",
+                "schema": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}], "title": "Version"}}
+
+
+@router.post("/v1/predict/{model}", response_model=PredictResponse, responses=_ERRORS,
+             openapi_extra=documented(PredictRequest, _VERSION_DOC))
+async def predict(request: Request, model: str) -> Response:
+    """Prediction per entity with model version, the features the model saw and a request id.
+
+    `?version=N` pins a version. Body, API key and query: see `serving.hot_path`.
+    """
+    state = await authorized(request, "read")
+    version = query_version(request)
+    body = await json_body(request, PredictRequest)
     if len(body.entities) > state.config.max_entities:
         raise BatchTooLarge(f"{len(body.entities)} entities in one request; send at most "
                             f"{state.config.max_entities} per request (split the batch)")
