@@ -26,7 +26,8 @@ with the cache off: every read is a miss, i.e. what the first read of a key
 after a tile boundary, a late event or a materialization costs.
 
 Printed next to the physical limit measured in the same run: the reader's
-pipelined Redis commands done directly with redis.asyncio (no decoding) - the
+pipelined Redis commands sent on its wire path (one hiredis-packed write, replies
+parsed by hiredis, nothing decoded further) - the
 warm probes (HMGET of markers + open tiles) and the cold whole-hash reads
 (HGETALL) - and `OnlineReader.read` in process (round trip + decoding), warm
 and cold. Bounded: every phase has a fixed duration and request count cap.
@@ -55,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 from feature_store.aggregates import SEQ_PARTITION_SHIFT, empty_stats, event_stats, merge, tile_layouts  # noqa: E402
 from feature_store.definitions import FeatureService, FeatureView  # noqa: E402
 from feature_store.online import KeyLayout, OnlineReader, pack_stats, partition_for  # noqa: E402
+from feature_store.online.resp import execute  # noqa: E402
 from feature_store.online.writer import NO_OFFSET, OnlineWriter, PartitionBatch  # noqa: E402
 from feature_store.windows import tile_start  # noqa: E402
 
@@ -167,20 +169,20 @@ async def raw_limits(redis_url: str, view: FeatureView, entities: list[str], n: 
         start = time.perf_counter()
         await cold_reader.read(grouped, rows, t)
         samples["cold"].append(time.perf_counter() - start)
-        whole = r.pipeline(transaction=False)
-        probe = r.pipeline(transaction=False)
+        whole: list[tuple[Any, ...]] = []
+        probe: list[tuple[Any, ...]] = []
         for entity in chosen:
             for layout in layouts:
                 key = keys.state_key(view, partition_for(entity, view.source.partitions), entity, layout.hop_ms)
-                whole.hgetall(key)
+                whole.append(("HGETALL", key))
                 entry = warm_reader.cache.get(key, tile_start(t, layout.hop_ms))
                 assert entry is not None, "bench state lacks the cache markers"
-                probe.hmget(key, entry.probe)
+                probe.append(("HMGET", key, *entry.probe))
         start = time.perf_counter()
-        await probe.execute()
+        await execute(r, probe)  # the reader's wire path (hiredis pack/parse), replies not decoded further
         samples["probe"].append(time.perf_counter() - start)
         start = time.perf_counter()
-        await whole.execute()
+        await execute(r, whole)
         samples["whole"].append(time.perf_counter() - start)
     await r.aclose()
     return {"redis_round_trip_warm_probes": _stats(samples["probe"]),

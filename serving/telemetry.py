@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 __all__ = ["Metrics", "MetricsMiddleware"]
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.5)
+_STATUSES = ("present", "default", "missing", "stale")
 _AGE_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 86400, 7 * 86400, 30 * 86400)
 
 
@@ -48,6 +49,7 @@ class Metrics:
         self.prediction_log_buffered = Gauge("featurestream_prediction_log_buffered",
                                              "Prediction log records waiting for Kafka.", registry=r)
         self._children: dict[tuple[Any, ...], Any] = {}
+        self._feature_children: dict[str, tuple[dict[str, Any], Any]] = {}  # per feature: status counters, age
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)
@@ -60,11 +62,16 @@ class Metrics:
         self._child(self.request_seconds, route, method, str(status)).observe(seconds)
 
     def observe_features(self, feature: str, counts: dict[str, int], oldest_age_ms: int | None) -> None:
+        children = self._feature_children.get(feature)
+        if children is None:
+            children = self._feature_children[feature] = (
+                {status: self.feature_values.labels(feature, status) for status in _STATUSES},
+                self.feature_age_seconds.labels(feature))
         for status, n in counts.items():
             if n:
-                self._child(self.feature_values, feature, status).inc(n)
+                children[0][status].inc(n)
         if oldest_age_ms is not None:
-            self._child(self.feature_age_seconds, feature).observe(max(oldest_age_ms, 0) / 1000.0)
+            children[1].observe(max(oldest_age_ms, 0) / 1000.0)
 
     def count_prediction(self, model: str, version: int, fallback: bool) -> None:
         self._child(self.predictions, model, str(version), "true" if fallback else "false").inc()

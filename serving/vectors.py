@@ -158,19 +158,21 @@ async def fetch_vectors(
     counts = {ref: {"present": 0, "default": 0, "missing": 0, "stale": 0} for ref in query.refs}
     oldest: dict[str, int] = {}
     vectors: list[Vector] = []
-    policies, names = query.policies, query.names
+    refs = [(ref, query.names[ref], query.policies.get(ref), counts[ref]) for ref in query.refs]
     for entity, values, req in zip(entities, raw, requests, strict=True):
         out: dict[str, dict[str, Any]] = {}
         inputs: dict[str, Any] = dict(req)
         missing: list[str] = []
-        for ref in query.refs:
-            fv = values[ref]
-            value, status = fv.value, str(fv.status)
-            age = None if fv.event_time is None else t - fv.event_time
-            if age is not None:
-                oldest[ref] = max(oldest.get(ref, age), age)
-                policy = policies.get(ref)
-                if policy is not None and age > policy.max_age_ms:
+        for ref, name, policy, tally in refs:
+            value, read_status, event_time = values[ref]
+            status: str = read_status
+            age: int | None = None
+            if event_time is not None:
+                age = known_age = t - event_time
+                seen = oldest.get(ref)
+                if seen is None or known_age > seen:
+                    oldest[ref] = known_age
+                if policy is not None and known_age > policy.max_age_ms:
                     if policy.action == "reject":
                         raise StaleFeatureRejected(
                             f"feature {ref!r} of entity {dict(entity)} is {age} ms old, more than the "
@@ -182,9 +184,9 @@ async def fetch_vectors(
                         value = query.defaults[ref]
             elif status == "missing":
                 missing.append(ref)
-            counts[ref][status] += 1
+            tally[status] += 1
             out[ref] = {"value": value, "status": status, "age_ms": age}
-            inputs[names[ref]] = value
+            inputs[name] = value
         for name, expression in query.derived.items():
             try:
                 derived = expression.evaluate(inputs)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -29,11 +29,11 @@ __all__ = ["FeatureValue", "OnlineReader", "Status"]
 Status = Literal["present", "default", "missing"]
 
 
-@dataclass(frozen=True, slots=True)
-class FeatureValue:
+class FeatureValue(NamedTuple):
     """One served value: `present` (events behind it), `default` (a window with no events:
     count 0, others None) or `missing` (no live latest value). `event_time` is the newest
-    event behind the value, epoch ms."""
+    event behind the value, epoch ms. (A named tuple: a read builds one per value, and a frozen
+    dataclass costs several times more to build.)"""
 
     value: Any
     status: Status
@@ -55,9 +55,20 @@ class _Series:
 @dataclass(frozen=True, slots=True)
 class _ViewKeys:
     view: FeatureView
+    keys: KeyLayout
     shapes: list[Shape]  # windowed: one per tile layout
     tile_parts: list[list[tuple[str, str]]]  # per shape, per partition: state key (head, tail)
     latest_parts: list[tuple[str, str]]  # per partition
+    partitions: dict[Any, list[int]] = field(default_factory=dict)  # entity -> partitions to read (bounded)
+
+    def partitions_of(self, entity: Any) -> list[int]:
+        """`KeyLayout.partitions_to_read`, remembered per entity (murmur2 in Python costs ~5 us)."""
+        found = self.partitions.get(entity)
+        if found is None:
+            if len(self.partitions) >= 65_536:
+                self.partitions.clear()
+            found = self.partitions[entity] = self.keys.partitions_to_read(self.view, entity)
+        return found
 
 
 @dataclass(slots=True)
@@ -98,9 +109,9 @@ class OnlineReader:
         if found is None or found.view is not view:
             partitions = range(view.source.partitions)
             shapes = [shape_of(layout) for layout in tile_layouts(view)] if view.is_windowed else []
+            tile_parts = [[self._keys.state_key_parts(view, p, s.hop_ms) for p in partitions] for s in shapes]
             found = self._views[id(view)] = _ViewKeys(
-                view, shapes, [[self._keys.state_key_parts(view, p, s.hop_ms) for p in partitions] for s in shapes],
-                [self._keys.state_key_parts(view, p, None) for p in partitions])
+                view, self._keys, shapes, tile_parts, [self._keys.state_key_parts(view, p, None) for p in partitions])
         return found
 
     async def read(
@@ -128,7 +139,7 @@ class OnlineReader:
                 plans.append(plan)
                 if entity is None:
                     continue
-                partitions = self._keys.partitions_to_read(view, entity)
+                partitions = known.partitions_of(entity)
                 plan.partitions = len(partitions)
                 if view.is_windowed:
                     for shape, parts in zip(known.shapes, known.tile_parts, strict=True):

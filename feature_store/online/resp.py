@@ -33,7 +33,7 @@ _READ_SIZE = 65536
 async def execute(redis: aioredis.Redis, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
     """The replies of `commands`, sent as one pipeline (not a transaction)."""
     pool = redis.connection_pool
-    conn = await pool.get_connection()
+    conn = await pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
     try:
         timeout = getattr(conn, "socket_timeout", None)
         async with asyncio.timeout(timeout):
