@@ -169,6 +169,7 @@ async def _freshness(bootstrap: str, redis_url: str, data_dir: Path, rate: float
     task = asyncio.create_task(materializer.run())
     while not materializer._parts:  # wait for the group join before producing
         await asyncio.sleep(0.1)
+    script_before, cpu_before = await _script_usec(redis_url), time.process_time()
     ctx = multiprocessing.get_context("spawn")  # a fork would inherit this process's running event loop
     sent = ctx.Value("q", 0)
     producer = ctx.Process(target=_produce_at_rate, args=(bootstrap, topic, rate, seconds, sent))
@@ -180,6 +181,8 @@ async def _freshness(bootstrap: str, redis_url: str, data_dir: Path, rate: float
     deadline = time.monotonic() + 30
     while len(samples) < sent.value and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
+    cpu_s = time.process_time() - cpu_before
+    script_s = (await _script_usec(redis_url) - script_before) / 1e6
     materializer.request_stop()
     await task
     await materializer.stop()
@@ -190,7 +193,11 @@ async def _freshness(bootstrap: str, redis_url: str, data_dir: Path, rate: float
 
     return {"input_rate_target": rate, "input_rate_achieved": round(sent.value / produced_s),
             "events": sent.value, "applied": len(samples), "p50_ms": q(0.50), "p99_ms": q(0.99), "max_ms": q(1.0),
-            "mean_ms": round(statistics.fmean(ordered), 2) if ordered else None}
+            "mean_ms": round(statistics.fmean(ordered), 2) if ordered else None,
+            # where the time goes: this process (the worker; the producer is another process) and Redis
+            "worker_cpu_us_per_event": round(cpu_s / max(1, sent.value) * 1e6, 1),
+            "redis_script_us_per_event": round(script_s / max(1, sent.value) * 1e6, 1),
+            "load_average_1m": round(os.getloadavg()[0], 2)}
 
 
 async def _raw_latency(bootstrap: str, rate: float, seconds: float) -> dict[str, Any]:
@@ -257,6 +264,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "worker_redis_script_share": round(worker["redis_script_seconds"] / worker["seconds"], 3),
             "worker_cpu_seconds": worker["cpu_seconds"],
             "worker_events_per_cpu_s": round(args.events / worker["cpu_seconds"]) if worker["cpu_seconds"] else None,
+            "worker_redis_script_us_per_event": round(worker["redis_script_seconds"] / args.events * 1e6, 1),
             "load_average_1m": round(os.getloadavg()[0], 2),
             "freshness": fresh,
             "raw_produce_to_consume_latency": raw_fresh,
@@ -265,6 +273,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    from feature_store.logging import configure_logging
+    from feature_store.settings import load_settings
+
+    configure_logging(load_settings(log_level="WARNING"))  # stdout carries only the JSON
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--rate", type=float, nargs="+", default=[10_000.0, 2_000.0],

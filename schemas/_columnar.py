@@ -60,7 +60,7 @@ def read_valid(values: Sequence[bytes], schema: pa.Schema, fields: Sequence[tupl
             and pc.all(pc.equal(raw.take(last), _CLOSE)).as_py()):
         return None
     parse = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error")
-    read = pj.ReadOptions(use_threads=False, block_size=max(1 << 20, len(data) + 1))
+    read = pj.ReadOptions(use_threads=False, block_size=len(data) + 1)  # one block: a large one costs to set up
     try:
         table = pj.read_json(io.BytesIO(data), read_options=read, parse_options=parse)
     except (pa.ArrowException, ValueError):  # a wrong type, an unknown or repeated field, bad syntax

@@ -94,10 +94,14 @@ class SourcePlan:
                     self._sql.append(_ViewSql(view, layout, len(self.layouts), sql, pexpire, keep, period, refresh))
                     self.layouts.append(layout)
             else:
-                fields = "".join(f', "{f}"' for f in view.fields)
-                sql = (f"SELECT __partition, {entity} AS __entity, __event_time, __tie, __seq{fields} FROM {rows} "
-                       f"WHERE {entity} IS NOT NULL QUALIFY row_number() OVER (PARTITION BY __partition, {entity} "
-                       f"ORDER BY __event_time DESC, __tie DESC, __seq DESC) = 1")
+                # the newest row per partition and entity: the max of (event_time, tie, seq, values...)
+                # (seq is unique, so the order is decided before the values); a hash aggregate costs
+                # about half of a window over the batch
+                names = ["__event_time", "__tie", "__seq", *view.fields]
+                packed = ", ".join(f'"{n}": "{n}"' for n in names)
+                picked = ", ".join(f'__row."{n}"' for n in names)
+                sql = (f"SELECT __partition, __entity, {picked} FROM (SELECT __partition, {entity} AS __entity, "
+                       f"max({{{packed}}}) AS __row FROM {rows} WHERE {entity} IS NOT NULL GROUP BY 1, 2)")
                 ttl = view.ttl_ms
                 pexpire, refresh = (0, 1) if ttl is None else _ttl(ttl + TTL_MARGIN_MS)
                 self._sql.append(_ViewSql(view, None, -1, sql, pexpire, 0, 0, refresh))
@@ -129,6 +133,7 @@ class SourcePlan:
         """One tile item per (partition, entity) run of `rows` (ordered by partition, entity, tile)."""
         packed = pack_stats_many([row[3:] for row in rows])
         layout, pexpire, keep, period = item.layout_index, item.pexpire_ms, item.keep_ms, item.period_ms
+        refreshed = self._refreshed  # `_refresh`, inlined: this loop runs once per key written
         n, i = len(rows), 0
         partition: int | None = None
         batch: PartitionBatch | None = None
@@ -147,8 +152,15 @@ class SourcePlan:
                 fields.append(packed[i])
                 i += 1
             key = f"{before}{entity}{after}"
+            if refreshed.get(key) == bucket:
+                refresh = False
+            else:
+                if len(refreshed) >= _REFRESH_CACHE:
+                    refreshed.clear()
+                refreshed[key] = bucket
+                refresh = True
             assert batch is not None
-            batch.add_tile_fields(key, layout, pexpire, keep, period, self._refresh(key, bucket), fields)
+            batch.add_tile_fields(key, layout, pexpire, keep, period, refresh, fields)
 
     def check(self, con: duckdb.DuckDBPyConnection, table: pa.Table) -> None:
         """Raise TransformFailed if any view's SQL fails on `table` (used to find bad rows)."""

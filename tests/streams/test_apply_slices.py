@@ -60,4 +60,5 @@ async def test_one_huge_tile_item_equals_many_small_ones(redis_client: aioredis.
     for key in [k async for k in redis_client.scan_iter("big:*") if not k.endswith(b":offset")]:
         if await redis_client.type(key) == b"hash":
             fields = await redis_client.hkeys(key)
-            assert b"~m" in fields and b"~t" in fields, key
+            assert b"~m" in fields, key
+            assert b"~t" in fields, key
