@@ -40,6 +40,9 @@ class FeatureValue(NamedTuple):
     event_time: int | None = None
 
 
+_value = tuple.__new__  # FeatureValue(...) without the named tuple's Python-level __new__ (hot loop)
+
+
 @dataclass(slots=True)
 class _Series:
     """One tile hash of a read: its reply's position, and the cache entry probed (None: read whole)."""
@@ -217,12 +220,12 @@ class OnlineReader:
                 if stats is None or stats[newest_index] <= NO_ORDER:
                     for final in finals:
                         if final.name in wanted:
-                            values[final.ref] = FeatureValue(final.default, "default")
+                            values[final.ref] = _value(FeatureValue, (final.default, "default", None))
                 else:
                     newest = int(stats[newest_index])
                     for final in finals:
                         if final.name in wanted:
-                            values[final.ref] = FeatureValue(final.value(stats), "present", newest)
+                            values[final.ref] = _value(FeatureValue, (final.value(stats), "present", newest))
 
     @staticmethod
     def _finish_latest(plan: _Plan, replies: list[Any], values: dict[str, FeatureValue], t_ms: int) -> None:
