@@ -13,8 +13,9 @@ redis-server is started (and stopped) for the run.
   as pre-encoded RESP bytes on one raw socket (the wire limit); the compute
   limit is a bare DuckDB GROUP BY with arg_max over the same files;
 - windowed: 3 aggregations in 2 hops (1 h, 1 d) over the last day plus the
-  longest window (30 d): one HSET of all tiles + PEXPIRE per key; limits:
-  the same HSET/PEXPIRE bytes through a redis-py pipeline and a raw socket;
+  longest window (30 d): HDEL of the reader-cache markers, one HSET of all
+  tiles and a PEXPIRE per key; limits: the same commands and bytes through a
+  redis-py pipeline and a raw socket;
   compute limit: bare DuckDB GROUP BY (user, tile) with count/sum over the
   same rows. `ratio_to_duckdb_plus_socket` compares with both limits added.
 """
@@ -104,7 +105,8 @@ def _raw_duckdb(data_dir: Path, name: str, end: int) -> float:
 
 
 async def _snapshot(client: Any, prefix: str) -> tuple[list[tuple[Any, ...]], int]:
-    """The commands that rewrite every key under `prefix` exactly (SET+PX, or HSET all fields + PEXPIRE)."""
+    """The commands that rewrite every key under `prefix` exactly (SET+PX, or HDEL markers, HSET all fields,
+    PEXPIRE): what materialize sends."""
     commands: list[tuple[Any, ...]] = []
     keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=10_000)]
     fields = 0
@@ -123,6 +125,7 @@ async def _snapshot(client: Any, prefix: str) -> tuple[list[tuple[Any, ...]], in
             if isinstance(values[j], dict):
                 flat = [x for pair in values[j].items() for x in pair]
                 fields += len(values[j])
+                commands.append(("HDEL", key, "~m", "~t"))  # materialize drops the reader-cache markers too
                 commands.append(("HSET", key, *flat))
                 commands.append(("PEXPIRE", key, ttl))
             else:

@@ -40,6 +40,7 @@ import asyncio
 import contextlib
 import ssl
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,8 @@ READER_MARKERS = ("~m", "~t")
 """Tile-hash fields of the serving reader's cache, kept by the stream worker; dropped on every tile key written."""
 
 _BATCH_ROWS = 262_144
+_SLICES = 4
+"""Tile queries per layout, by entity hash: a slice's keys go to Redis while DuckDB computes the next."""
 _log = structlog.get_logger(__name__)
 
 ProgressCallback = Callable[[str, int], None]
@@ -273,20 +276,48 @@ def _whole_keys(batches: Iterable[pa.RecordBatch]) -> Iterator[tuple[pa.Table, n
         yield carry, np.zeros(1, dtype=np.int64)
 
 
-def _tile_blocks(con: duckdb.DuckDBPyConnection, events: str, view: FeatureView, layout: TileLayout,
-                 keys: KeyLayout, start_ms: int, end_ms: int, ignore_ingest_time: bool) -> Iterator[_Block]:
-    """HDEL markers, HSET tiles, PEXPIRE per key; rows come sorted by (partition, entity, tile)."""
+def _tile_rows(con: duckdb.DuckDBPyConnection, data_dir: Path, view: FeatureView, start_ms: int, end_ms: int,
+               ignore_ingest_time: bool) -> str:
+    """Copy the rows any tile layout of `view` aggregates into a table (one scan for all layouts); its name.
+
+    A plain table, so the layouts' cursors see it; the insertion order is
+    the scan's (`preserve_insertion_order`), so single-threaded queries over
+    it add floats in the same order every run.
+    """
+    layouts = tile_layouts(view)
+    lower = min(tile_start(start_ms - layout.max_window_ms, layout.hop_ms) for layout in layouts)
+    stats = {s for layout in layouts for s in layout.stats}
+    needed = sorted({f'"{s.column}"' for s in stats if s.column != "*"})
+    if any(s.stat in ("lt", "lk", "lq", "lv") for s in stats):
+        needed += ["__tie", "__seq"]
+    table = f"__materialize_{uuid.uuid4().hex}"
+    con.execute(f"CREATE TABLE {table} AS SELECT __entity, __partition, {', '.join(['__event_time', *needed])} "
+                f"FROM ({view_events_sql(con, data_dir, view)}) WHERE __event_time >= {lower} "
+                f"AND __event_time <= {end_ms}{_served(ignore_ingest_time, end_ms)}")
+    return table
+
+
+def _tile_blocks(con: duckdb.DuckDBPyConnection, rows: str, view: FeatureView, layout: TileLayout,
+                 keys: KeyLayout, start_ms: int) -> Iterator[_Block]:
+    """HDEL markers, HSET tiles, PEXPIRE per key, from `_tile_rows`, in `_SLICES` queries by entity hash."""
     hop = layout.hop_ms
     lower = tile_start(start_ms - layout.max_window_ms, hop)
     tile = f"(__event_time - (((__event_time % {hop}) + {hop}) % {hop}))"  # windows.tile_start
-    sql = (f"SELECT __entity, __partition, {tile} AS __tile, {', '.join(stat_sql(layout))} FROM ({events}) "
-           f"WHERE __event_time >= {lower} AND __event_time <= {end_ms}{_served(ignore_ingest_time, end_ms)} "
-           f"GROUP BY ALL ORDER BY __partition, __entity, __tile")
+    for part in range(_SLICES):
+        sql = (f"SELECT __entity, __partition, {tile} AS __tile, {', '.join(stat_sql(layout))} FROM {rows} "
+               f"WHERE __event_time >= {lower} AND hash(__entity) % {_SLICES} = {part} "
+               f"GROUP BY ALL ORDER BY __partition, __entity, __tile")
+        yield from _tile_commands(con.sql(sql).to_arrow_reader(_BATCH_ROWS), view, layout, keys)
+
+
+def _tile_commands(batches: Iterable[pa.RecordBatch], view: FeatureView, layout: TileLayout, keys: KeyLayout
+                   ) -> Iterator[_Block]:
+    hop = layout.hop_ms
     parts = _key_parts(keys, view, hop)
     expire = constant(_command(str(layout.max_window_ms + hop + EXPIRE_MARGIN_MS)))
     hdel = constant(b"*4\r\n" + _command("HDEL"))
     markers = constant(_command(*READER_MARKERS))
-    for table, starts in _whole_keys(con.sql(sql).to_arrow_reader(_BATCH_ROWS)):
+    for table, starts in _whole_keys(batches):
         size = table.num_rows
         entity, partition = table.column(0).combine_chunks(), table.column(1).combine_chunks()
         ends = np.append(starts[1:], size)
@@ -362,6 +393,7 @@ async def materialize(redis: aioredis.Redis, keys: KeyLayout, data_dir: Path, vi
     online = [view for view in views if view.online]
     total_keys = total_tiles = total_latest = 0
     cursors: list[duckdb.DuckDBPyConnection] = []
+    tables: list[str] = []
     try:
         for view in online:
             if not view.is_windowed:
@@ -370,19 +402,21 @@ async def materialize(redis: aioredis.Redis, keys: KeyLayout, data_dir: Path, vi
                                              writer, progress)
                 total_keys += written
                 total_latest += written
-        tiled = [(view, layout) for view in online if view.is_windowed for layout in tile_layouts(view)]
-        if tiled:
+        windowed = [view for view in online if view.is_windowed]
+        for view in windowed:
+            tables.append(await asyncio.to_thread(_tile_rows, con, data_dir, view, start_ms, end_ms,
+                                                  ignore_ingest_time))
+        if windowed:
             threads = con.execute("SELECT current_setting('threads')").fetchall()[0]
             con.execute("SET threads = 1")  # float sums in one fixed order: a re-run writes identical bytes
             try:
                 producers = []
-                for view, layout in tiled:
-                    cursors.append(cursor := con.cursor())
-                    events = view_events_sql(cursor, data_dir, view)
-                    producers.append(_tile_blocks(cursor, events, view, layout, keys, start_ms, end_ms,
-                                                  ignore_ingest_time))
-                total_keys_tiles, total_tiles = await _send_all(producers, writer, progress)
-                total_keys += total_keys_tiles
+                for view, table in zip(windowed, tables, strict=True):
+                    for layout in tile_layouts(view):
+                        cursors.append(cursor := con.cursor())
+                        producers.append(_tile_blocks(cursor, table, view, layout, keys, start_ms))
+                tile_keys, total_tiles = await _send_all(producers, writer, progress)
+                total_keys += tile_keys
             finally:
                 con.execute(f"SET threads = {int(threads[0]) if threads else 1}")
         await writer.close()
@@ -397,6 +431,8 @@ async def materialize(redis: aioredis.Redis, keys: KeyLayout, data_dir: Path, vi
         await writer.disconnect()
         for cursor in cursors:
             cursor.close()
+        for table in tables:
+            con.execute(f"DROP TABLE IF EXISTS {table}")
         if own:
             con.close()
     report = MaterializeReport(views=len(online), keys=total_keys, tiles=total_tiles, latest=total_latest,

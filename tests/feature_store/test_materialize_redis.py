@@ -175,3 +175,19 @@ async def test_consistency_at_random_ends(tmp_path_factory: pytest.TempPathFacto
     for view in views:
         online = await _online(redis, keys, view, ENTITIES, end)
         _assert_same(view, ENTITIES, online, _offline(data_dir, view, ENTITIES, end, ignore=False), end)
+
+
+async def test_materialize_drops_reader_cache_markers(tmp_path: Path, redis: aioredis.Redis, unique: str) -> None:
+    """Tile hashes lose the stream's reader-cache markers (`~m`, `~t`): the tiles under them were rewritten."""
+    _random_log(tmp_path, seed=4)
+    keys = KeyLayout(prefix=unique)
+    await materialize(redis, keys, tmp_path, _views(), 100, 900)
+    first = await _dump(redis, unique)
+    tile_keys = [k for k, v in first.items() if isinstance(v, list)]
+    assert tile_keys
+    for key in tile_keys:  # the stream worker's script keeps these in every tile hash it writes
+        await redis.hset(key, mapping={"~m": 3, "~t": 1_000})
+    await materialize(redis, keys, tmp_path, _views(), 100, 900)
+    for key in tile_keys:
+        assert not [f for f in await redis.hkeys(key) if f.startswith(b"~")], key
+    assert await _dump(redis, unique) == first
