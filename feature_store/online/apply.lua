@@ -74,23 +74,6 @@ local function merge(ops, a, b)
   return out
 end
 
--- Redis calls with many arguments, in slices that stay below Lua's unpack limit (an even size
--- keeps field/value pairs together)
-local SLICE = 1000
-local function chunked(command, key, args)
-  for i = 1, #args, SLICE do
-    redis.call(command, key, unpack(args, i, math.min(i + SLICE - 1, #args)))
-  end
-end
-local function hmget(key, names)
-  local out = {}
-  for i = 1, #names, SLICE do
-    local part = redis.call('HMGET', key, unpack(names, i, math.min(i + SLICE - 1, #names)))
-    for k = 1, #part do out[i + k - 1] = part[k] end
-  end
-  return out
-end
-
 local function newer(t, k, q, cur)
   return t > cur[1] or (t == cur[1] and (k > cur[2] or (k == cur[2] and q > cur[3])))
 end
@@ -99,20 +82,16 @@ for index, item in ipairs(cmsgpack.unpack(ARGV[6])) do
   local key = KEYS[index + 1]
   local pexpire = item[3]
   if item[1] == 1 then
-    -- one HMGET for the markers and every tile of the item, one HSET for all their new values
     local ops = layouts[item[2]]
     local keep, period = item[4], item[6]
     local created, prune_at = false, nil
-    local names = {'~m', '~t'}
-    for j = 7, #item, 2 do names[#names + 1] = item[j] end
-    local got = hmget(key, names)
-    local newest = tonumber(got[2])
+    local marks = redis.call('HMGET', key, '~m', '~t')
+    local newest = tonumber(marks[2])
     local stored_newest = newest
-    local writes, at = {}, {}  -- flat field/value pairs; at[field] = index of its value in writes
-    if not got[1] then
+    if not marks[1] then
       stored_newest = nil
       local now = redis.call('TIME')
-      writes[1], writes[2] = '~m', now[1] .. string.format('%06d', tonumber(now[2]))
+      redis.call('HSET', key, '~m', now[1] .. string.format('%06d', tonumber(now[2])))
       newest = nil
       for _, f in ipairs(redis.call('HKEYS', key)) do
         local start = tonumber(f)
@@ -125,43 +104,29 @@ for index, item in ipairs(cmsgpack.unpack(ARGV[6])) do
       local start = tonumber(field)
       if old_newest and start < old_newest then bump = true end
       if newest == nil or start > newest then newest = start end
-      local w = at[field]  -- a tile given twice merges into its first write, as if written in between
-      local cur
-      if w then cur = writes[w] else cur = got[(j - 7) / 2 + 3] end
+      local cur = redis.call('HGET', key, field)
       if cur then
         packed = cmsgpack.pack(merge(ops, cmsgpack.unpack(cur), cmsgpack.unpack(packed)))
       else
         created = true
         if period > 0 and start % period == 0 and (prune_at == nil or start > prune_at) then prune_at = start end
       end
-      if w then
-        writes[w] = packed
-      else
-        writes[#writes + 1] = field
-        writes[#writes + 1] = packed
-        at[field] = #writes
-      end
+      redis.call('HSET', key, field, packed)
     end
-    if newest ~= stored_newest then
-      writes[#writes + 1] = '~t'
-      writes[#writes + 1] = string.format('%d', newest)
-    end
-    chunked('HSET', key, writes)
     -- creating a tile at a multiple of `period` drops the tiles no read can reach from there on
     -- (older than it minus keep_ms). Keyed to the created tile, not to what the hash holds, the
     -- kept set is the same however the events were batched (so replays after a crash agree).
     if prune_at then
-      local old = {}
       for _, f in ipairs(redis.call('HKEYS', key)) do
         local start = tonumber(f)  -- nil for the '~' markers
-        if start and start < prune_at - keep then old[#old + 1] = f end
-      end
-      if #old > 0 then
-        chunked('HDEL', key, old)
-        bump = true
+        if start and start < prune_at - keep then
+          redis.call('HDEL', key, f)
+          bump = true
+        end
       end
     end
     if bump then redis.call('HINCRBY', key, '~m', 1) end
+    if newest ~= stored_newest then redis.call('HSET', key, '~t', string.format('%d', newest)) end
     if pexpire > 0 and (created or item[5] == 1) then redis.call('PEXPIRE', key, pexpire) end
   else
     local cur = redis.call('GET', key)
