@@ -175,11 +175,11 @@ class _Writer:
             if not data:
                 raise RedisConnectionError("Redis closed the connection")
             data = self._partial + data
-            end = data.rfind(b"\r\n") + 2
+            end = data.rfind(b"\r\n") + 2 if b"\r\n" in data else 0
             complete, self._partial = data[:end], data[end:]
-            if complete.startswith(b"-") or b"\n-" in complete:
-                line = complete[complete.find(b"-", 0 if complete.startswith(b"-") else complete.find(b"\n-")):]
-                raise ResponseError(line.split(b"\r\n", 1)[0][1:].decode(errors="replace"))
+            error = 0 if complete.startswith(b"-") else complete.find(b"\n-") + 1  # 0: none, unless first
+            if error or complete.startswith(b"-"):
+                raise ResponseError(complete[error + 1:].split(b"\r\n", 1)[0].decode(errors="replace"))
             self._unread -= complete.count(b"\r\n")
 
     async def close(self) -> None:
@@ -342,7 +342,7 @@ async def _send_all(producers: list[Iterator[_Block]], writer: _Writer, progress
         try:
             while True:
                 in_flight.add(step := loop.run_in_executor(None, next, blocks, None))
-                block = await step
+                block = await asyncio.shield(step)  # cancelling the task must not orphan the thread's query
                 in_flight.discard(step)
                 if block is None:
                     break

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from feature_store.definitions import Entity, FeatureView
+from feature_store.errors import OnlineStoreUnavailable
 from feature_store.materialize import materialize
 from feature_store.offline.engine import connect
 from feature_store.offline.training import TrainingSetQuery, training_set
@@ -191,3 +192,15 @@ async def test_materialize_drops_reader_cache_markers(tmp_path: Path, redis: aio
     for key in tile_keys:
         assert not [f for f in await redis.hkeys(key) if f.startswith(b"~")], key
     assert await _dump(redis, unique) == first
+
+
+async def test_a_refused_write_fails_the_run(tmp_path: Path, redis: aioredis.Redis, unique: str) -> None:
+    """An error reply anywhere in the pipelined stream (here WRONGTYPE on a tile key) fails with a clear error."""
+    _random_log(tmp_path, seed=6)
+    keys = KeyLayout(prefix=unique)
+    await materialize(redis, keys, tmp_path, _views(), 100, 900)
+    tile_keys = sorted(k for k in await _dump(redis, unique) if not k.endswith(b":latest"))
+    await redis.delete(tile_keys[len(tile_keys) // 2])
+    await redis.set(tile_keys[len(tile_keys) // 2], "not a hash")
+    with pytest.raises(OnlineStoreUnavailable, match=r"refused a write.*WRONGTYPE"):
+        await materialize(redis, keys, tmp_path, _views(), 100, 900, chunk=5)
