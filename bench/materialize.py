@@ -18,6 +18,11 @@ redis-server is started (and stopped) for the run.
   redis-py pipeline and a raw socket;
   compute limit: bare DuckDB GROUP BY (user, tile) with count/sum over the
   same rows. `ratio_to_duckdb_plus_socket` compares with both limits added.
+
+CPU seconds of this process (`cpu_s`) and of the Redis server (`redis_cpu_s`,
+`raw_socket_redis_cpu_s`, from INFO cpu) are printed beside the wall times,
+and the 1-minute load average before and after: on a shared machine they
+tell a slow run from a starved one.
 """
 
 from __future__ import annotations
@@ -42,6 +47,12 @@ def _cpu_s() -> float:
     """CPU seconds of this process (DuckDB threads included): the machine is shared, wall time is noisy."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+async def _redis_cpu_s(client: Any) -> float:
+    """CPU seconds the Redis server has used (INFO cpu): its share of the work, whatever else runs."""
+    info = await client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def _resp(*args: bytes | str | int) -> bytes:
@@ -149,18 +160,21 @@ async def run(args: argparse.Namespace, url: str) -> dict[str, Any]:
         await client.flushdb()
         con = connect(args.dir)
         keys = KeyLayout(f"bench{name}")
-        cpu = _cpu_s()
+        cpu, redis_cpu = _cpu_s(), await _redis_cpu_s(client)
         report = await materialize(client, keys, args.dir, [view], end - DAY, end, con=con, chunk=args.chunk)
-        cpu = _cpu_s() - cpu
+        cpu, redis_cpu = _cpu_s() - cpu, await _redis_cpu_s(client) - redis_cpu
         con.close()
         commands, fields = await _snapshot(client, keys.prefix)
         await client.flushdb()
         pipeline_s = await _raw_pipeline(client, commands, args.chunk)
         await client.flushdb()
+        socket_redis_cpu = await _redis_cpu_s(client)
         socket_s = await _raw_socket(url, [_resp(*c) for c in commands], args.chunk)
+        socket_redis_cpu = await _redis_cpu_s(client) - socket_redis_cpu
         figures: dict[str, Any] = {
-            "seconds": round(report.seconds, 3), "cpu_s": round(cpu, 3), "keys": report.keys,
-            "commands": report.commands,
+            "seconds": round(report.seconds, 3), "cpu_s": round(cpu, 3), "redis_cpu_s": round(redis_cpu, 3),
+            "keys": report.keys, "commands": report.commands,
+            "raw_socket_redis_cpu_s": round(socket_redis_cpu, 3),
             "raw_redis_py_pipeline_s": round(pipeline_s, 3), "raw_socket_resp_s": round(socket_s, 3),
             "ratio_to_redis_py_pipeline": round(report.seconds / pipeline_s, 2),
             "ratio_to_raw_socket": round(report.seconds / socket_s, 2),
@@ -175,6 +189,7 @@ async def run(args: argparse.Namespace, url: str) -> dict[str, Any]:
             figures["tiles"] = report.tiles
             figures["tiles_per_s"] = round(report.tiles / report.seconds)
             figures["raw_pipeline_tiles_per_s"] = round(fields / pipeline_s)
+            figures["raw_socket_tiles_per_s"] = round(fields / socket_s)
         out[name] = figures
     await client.flushdb()
     await client.aclose()
@@ -198,10 +213,12 @@ def main() -> None:
     configure_logging(load_settings(log_level="WARNING"))  # stdout carries only the JSON
     args.dir.mkdir(parents=True, exist_ok=True)
     generate(args.dir, args.events, args.rows, args.entities)
+    load_before = os.getloadavg()[0]
     with LocalStack(redis_url=args.redis, services=("redis",)) as stack:
         results = asyncio.run(run(args, stack.redis_url))
     print(json.dumps({"bench": "materialize", "events": args.events, "entities": args.entities,
                       "cpus": os.cpu_count(), "chunk": args.chunk, "results": results,
+                      "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}, indent=2))
 
 
