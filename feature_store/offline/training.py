@@ -9,10 +9,12 @@ duplicates stay. One SQL shape per view kind:
 - windowed: a range join of rows and events on entity and
   `window_lower_bound(t) <= event_time <= t`, grouped by row, with
   `stat_sql` then `finalize_sql` (one join per distinct (hop, window)).
-- latest: the online state after each event is the running argmax by
-  (event_time, tie, seq) in order of `__avail`; an ASOF join picks the state
-  at `t`, then the ttl applies (`state.event_time > t - ttl`). By event time
-  only, one ASOF join on the packed order key (`events.order_key`) suffices.
+- latest: the state at t is the newest event (by event_time, tie, seq)
+  among those visible at t. Rows and events of a view are sorted together
+  by (entity hash, visibility time) once, a streaming running max over that
+  order gives each row its state's seq (a small state table built before
+  the main query), then one hash join on seq fetches the fields and the
+  ttl applies (`state.event_time > t - ttl`).
 
 Entity rows given as Parquet are scanned by DuckDB (never loaded whole);
 with `out=` the result streams into Parquet (`COPY ... TO`).
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,12 +32,13 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
+import structlog
 
 from feature_store.aggregates import SEQ_PARTITION_SHIFT, TileLayout, finalize_sql, stat_sql, stats_for
 from feature_store.definitions import Aggregation, FeatureService, FeatureView
 from feature_store.errors import OfflineStoreError
 from feature_store.offline.engine import Progress, run_with_progress, sql_str
-from feature_store.offline.events import STRUCT_ORDER, order_key, view_events_sql
+from feature_store.offline.events import view_events_sql
 from feature_store.transforms import DUCKDB_TYPES
 
 if TYPE_CHECKING:
@@ -44,8 +47,10 @@ if TYPE_CHECKING:
     from feature_store.expressions import Expression
     from feature_store.repo import FeatureRepo
 
-__all__ = ["TrainingSetQuery", "build_training_set_sql", "load_entities", "output_name", "requested_features",
-           "training_set"]
+__all__ = ["TrainingSetQuery", "load_entities", "output_name", "plan_training_set",
+           "requested_features", "training_set"]
+
+_log = structlog.get_logger(__name__)
 
 ROW = "__row"
 T = "__t"
@@ -146,73 +151,195 @@ def _windowed_ctes(view: FeatureView, features: list[str], events: str, key: str
     return ctes, outputs
 
 
-def _latest_join(con: duckdb.DuckDBPyConnection, view: FeatureView, features: list[str], events: str,
-                 events_sql: str, key: str, as_served: bool, tag: str) -> tuple[str, list[str]]:
-    """ASOF join of the rows with the view's states, and the output expressions (ttl applied).
+@dataclass(frozen=True)
+class _StateKey:
+    """One sortable value per event: (entity group, event_time, tie, seq), for a streaming running max.
 
-    As served, a state is an event that was the newest (by event_time, tie,
-    seq) of its entity when it became visible: the running max over
-    `__avail` order (peers, i.e. equal `__avail`, count together); the state
-    at t is the last one with `__avail <= t`. By event time only, the state
-    at t is the event with the largest order key whose event_time <= t: one
-    plain ASOF join on the packed key, no window.
+    The running max restarts at each entity because the group (the entity's
+    rank in the sort) takes the top bits. Below it: event_time, the tie
+    (absolute, or relative to event_time when that range is narrower: both
+    order equal event times alike) and seq compacted to its (seq // 2**40,
+    seq % 2**40) ranges, each relative to its minimum. One integer compares
+    several times faster than a struct; ranges too wide for 126 bits fall
+    back to a struct (exact, slower).
     """
-    order = order_key(con, events_sql)
-    fields = ", ".join(_q(f) for f in features)
-    if not as_served and order is not None:
-        states = f"SELECT __entity, {order.sql} AS __at, __event_time, {fields} FROM {events}"
-        bound = order.upper_bound_sql(f"r.{T}")
+
+    kind: str  # BIGINT, HUGEINT or STRUCT
+    event_sql: str  # an event's value without its group
+    seq_sql: str  # an event's id in its source: seq, compacted (the value's low bits) unless STRUCT
+    low_bits: int  # bits below the group
+    seq_bits: int
+
+    def value_sql(self, group: str, value: str) -> str:
+        if self.kind == "STRUCT":
+            return f"struct_pack(g := {group}, v := {value})"
+        return f"((({group})::{self.kind} << {self.low_bits}) | {value})"  # SQL: << and | bind alike
+
+    def group_of(self, state: str) -> str:
+        return f"{state}.g" if self.kind == "STRUCT" else f"({state} >> {self.low_bits})"
+
+    def seq_of(self, state: str) -> str:
+        if self.kind == "STRUCT":
+            return f"{state}.v.q"
+        return f"({state} & {(1 << self.seq_bits) - 1})::BIGINT"
+
+
+def _state_key(con: duckdb.DuckDBPyConnection, events: str, at: str, rows: int, *, packed: bool = True,
+               ) -> tuple[_StateKey, int, int]:
+    """The state key of a view's events and the range of their visibility time `at` ((0, 0) without events)."""
+    mask = SEQ_PARTITION_SHIFT - 1
+    shift = SEQ_PARTITION_SHIFT.bit_length() - 1
+    stats = con.execute(
+        f"SELECT count(*), min(__event_time), max(__event_time), min(__tie), max(__tie), min(__tie - __event_time), "
+        f"max(__tie - __event_time), min(__seq), max(__seq), min(__seq >> {shift}), max(__seq >> {shift}), "
+        f"min(__seq & {mask}), max(__seq & {mask}), min({at}), max({at}) FROM ({events})").fetchall()[0]
+    count, lo_e, hi_e, lo_t, hi_t, lo_d, hi_d, lo_s, hi_s, lo_h, hi_h, lo_l, hi_l, lo_a, hi_a = (
+        v if v is not None else 0 for v in stats)
+    if lo_s >= 0:  # seq = high * 2**40 + low: rank (high, low) within their ranges
+        span = hi_l - lo_l + 1
+        seq = f"(((__seq >> {shift}) - {lo_h}) * {span} + ((__seq & {mask}) - {lo_l}))"
+        seq_bits = ((hi_h - lo_h + 1) * span - 1).bit_length()
     else:
-        avail = "__avail" if as_served else "__event_time"
-        key_sql = order.sql if order is not None else STRUCT_ORDER
-        states = (
-            f"SELECT __entity, {avail} AS __at, __event_time, {fields} FROM {events} "
-            f"QUALIFY {key_sql} = max({key_sql}) OVER (PARTITION BY __entity ORDER BY {avail} "
-            f"RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
-        )
-        bound = f"r.{T}"
+        seq, seq_bits = f"(__seq - {lo_s})", (hi_s - lo_s).bit_length()
+    if (hi_d - lo_d) < (hi_t - lo_t):
+        tie, tie_bits = f"(__tie - __event_time - {lo_d})", (hi_d - lo_d).bit_length()
+    else:
+        tie, tie_bits = f"(__tie - {lo_t})", (hi_t - lo_t).bit_length()
+    low_bits = (hi_e - lo_e).bit_length() + tie_bits + seq_bits
+    total = (count + rows + 1).bit_length() + low_bits
+    if not packed or total > 126:
+        key = _StateKey("STRUCT", "struct_pack(t := __event_time, k := __tie, q := __seq)", "__seq", 0, 0)
+    else:
+        kind = "BIGINT" if total <= 62 else "HUGEINT"
+        value = (f"(((__event_time - {lo_e})::{kind} << {tie_bits + seq_bits}) | ({tie}::{kind} << {seq_bits}) "
+                 f"| {seq}::{kind})")
+        key = _StateKey(kind, value, seq, low_bits, seq_bits)
+    return key, lo_a, hi_a
+
+
+_GROUP_HASH = "hash({})"
+"""Groups a string entity's rows and events for the sort: a 64-bit hash sorts several times faster than text."""
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The training-set query, and the statements that must run before it (one state table per latest view)."""
+
+    sql: str
+    steps: list[Callable[[], None]]
+    tables: list[str]
+
+
+def _state_step(con: duckdb.DuckDBPyConnection, events_sql: str, at: str, key: str, hashed: bool, table: str,
+                state: _StateKey, low: int, high: int) -> Callable[[], None]:
+    """A statement making `table` (`__r`, `__pick`): the seq of each row's state, NULL when it has none.
+
+    Rows and events go through one sort by (group, visibility time `at`), a
+    row after the events visible at its time; a streaming running max then
+    gives each row its state. Rows with a null key or time see no event. The
+    group is the entity itself, or its hash for strings; if two entities of
+    the run share a hash (counted as clashes), the table is built again
+    grouped by the entity itself, which is exact but slower.
+    """
+    kind = "BIGINT" if high - low < 2**61 else "HUGEINT"
+    row_at = f"coalesce(least(greatest({T}, {low - 1}), {high}), {low - 1})"
+    running = "OVER (ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
+
+    def create(group: str, clash_check: bool) -> str:
+        clash = "__h = lag(__h) OVER () AND __k <> lag(__k) OVER ()" if clash_check else "false"
+        ordered = (f"SELECT {group.format('__entity')} AS __h{', __entity AS __k' if clash_check else ''}, "
+                   f"({at} - {low})::{kind} * 2 AS __o, {state.event_sql} AS __v, NULL::BIGINT AS __r "
+                   f"FROM ({events_sql}) UNION ALL SELECT {group.format(key)}{', ' + key if clash_check else ''}, "
+                   f"({row_at} - {low})::{kind} * 2 + 1, NULL, {ROW} FROM __keyed WHERE {key} IS NOT NULL "
+                   f"ORDER BY __h, __o")
+        flagged = (f"SELECT __v, __r, __h IS DISTINCT FROM lag(__h) OVER () AS __new, {clash} AS __clash "
+                   f"FROM ({ordered})")
+        # count(*) FILTER is the one running aggregate DuckDB streams without a call per row
+        grouped = (f"SELECT __v, __r, count(*) FILTER (WHERE __new) {running} AS __g, count(*) FILTER (WHERE __clash) "
+                   f"{running} AS __clashes FROM ({flagged})")
+        return (f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT __r, CASE WHEN {state.group_of('__m')} = __g THEN "
+                f"{state.seq_of('__m')} END AS __pick, __clashes FROM (SELECT __r, __g, __clashes, "
+                f"max({state.value_sql('__g', '__v')}) {running} AS __m FROM ({grouped})) WHERE __r IS NOT NULL")
+
+    def step() -> None:
+        con.execute(create(_GROUP_HASH if hashed else "{}", hashed))
+        if hashed and con.execute(f"SELECT max(__clashes) FROM {table}").fetchall()[0][0]:
+            _log.info("training_set.hash_clash", table=table, fix="grouping by the entity key instead")
+            con.execute(create("{}", False))
+
+    return step
+
+
+def _latest_view(con: duckdb.DuckDBPyConnection, view: FeatureView, features: list[str], events: str,
+                 events_sql: str, key: str, as_served: bool, rows: int, tag: str,
+                 ) -> tuple[Callable[[], None], str, list[str]]:
+    """The state step, the CTE joining each row's state to its fields (`tag`), and the outputs (ttl applied).
+
+    The state at t is the newest event (by event_time, tie, seq) among those
+    visible at t: `__avail <= t` as served, else `__event_time <= t`. Its seq
+    identifies it in its source (partition and offset, or file and row): one
+    hash join fetches its fields.
+    """
+    at = "__avail" if as_served else "__event_time"
+    state, low, high = _state_key(con, events_sql, at, rows)
+    hashed = DUCKDB_TYPES[view.input_columns[view.entity.join_key]] == "VARCHAR"
+    step = _state_step(con, events_sql, at, key, hashed, f"{tag}_state", state, low, high)
+    fields = ", ".join(f"e.{_q(f)}" for f in features)
+    cte = (f"{tag} AS (SELECT s.__r, e.__event_time, {fields} FROM {tag}_state s JOIN (SELECT *, {state.seq_sql} "
+           f"AS __pick FROM {events}) e ON e.__pick = s.__pick)")
     ttl = view.ttl_ms
     live = f"{tag}.__event_time > r.{T} - {ttl}" if ttl is not None else f"{tag}.__event_time IS NOT NULL"
     outputs = [f"CASE WHEN {live} THEN {tag}.{_q(f)} END AS {_q(output_name(view, f))}" for f in features]
-    join = f"ASOF LEFT JOIN ({states}) {tag} ON r.{key} = {tag}.__entity AND {bound} >= {tag}.__at"
-    return join, outputs
+    return step, cte, outputs
 
 
-def build_training_set_sql(con: duckdb.DuckDBPyConnection, data_dir: Path, query: TrainingSetQuery,
-                           input_columns: Sequence[str]) -> str:
-    """The whole point-in-time query over the registered `__rows` relation, ordered like the input."""
+def plan_training_set(con: duckdb.DuckDBPyConnection, data_dir: Path, query: TrainingSetQuery,
+                      input_columns: Sequence[str]) -> _Plan:
+    """The whole point-in-time query over the registered `__rows` relation, ordered like the input.
+
+    Creates the temp view `__keyed` (the rows with each view's typed key);
+    the steps create each latest view's state table.
+    """
     ctes: list[str] = []
     keys: list[str] = []
     outputs: list[str] = []
     joins: list[str] = []
+    steps: list[Callable[[], None]] = []
+    tables: list[str] = []
     as_served = not query.ignore_ingest_time
-    for i, (view, features) in enumerate(query.features.items()):
+    for i, view in enumerate(query.features):
         if view.entity.join_key not in input_columns:
             raise OfflineStoreError(
                 f"entity rows lack column {view.entity.join_key!r}, the join key of view {view.name!r} "
                 f"(columns: {', '.join(input_columns)}); add it to the entity rows"
             )
-        events, events_sql, key = f"__ev{i}", view_events_sql(con, data_dir, view), f"__k{i}"
-        ctes.append(f"{events} AS ({events_sql})")
         key_type = DUCKDB_TYPES[view.input_columns[view.entity.join_key]]
-        keys.append(f"TRY_CAST({_q(view.entity.join_key)} AS {key_type}) AS {key}")
-        tag = f"__f{i}"
+        keys.append(f"TRY_CAST({_q(view.entity.join_key)} AS {key_type}) AS __k{i}")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW __keyed AS SELECT *{''.join(', ' + k for k in keys)} FROM __rows")
+    rows = 0
+    if any(not view.is_windowed for view in query.features):
+        rows = con.execute("SELECT count(*) FROM __rows").fetchall()[0][0]
+    for i, (view, features) in enumerate(query.features.items()):
+        events, events_sql, key, tag = f"__ev{i}", view_events_sql(con, data_dir, view), f"__k{i}", f"__f{i}"
+        ctes.append(f"{events} AS ({events_sql})")
         if view.is_windowed:
             view_ctes, view_outputs = _windowed_ctes(view, features, events, key, as_served, tag)
             ctes += view_ctes
             joins += [f"LEFT JOIN {name} ON {name}.{ROW} = r.{ROW}" for name in (c.split(" AS ", 1)[0]
                                                                               for c in view_ctes)]
         else:
-            join, view_outputs = _latest_join(con, view, features, events, events_sql, key, as_served, tag)
-            joins.append(join)
+            step, cte, view_outputs = _latest_view(con, view, features, events, events_sql, key, as_served, rows, tag)
+            steps.append(step)
+            tables.append(f"{tag}_state")
+            ctes.append(cte)
+            joins.append(f"LEFT JOIN {tag} ON {tag}.__r = r.{ROW}")
         outputs += view_outputs
-    ctes.insert(0, f"__keyed AS (SELECT *{''.join(', ' + k for k in keys)} FROM __rows)")
     inputs = ", ".join(f"r.{_q(c)}" for c in input_columns)
     select = f"SELECT {inputs}{''.join(', ' + o for o in outputs)} FROM __keyed r {' '.join(joins)} ORDER BY r.{ROW}"
     if query.derived:
         derived = ", ".join(f"({expr.to_sql()}) AS {_q(name)}" for name, expr in query.derived.items())
         select = f"SELECT *, {derived} FROM ({select})"
-    return f"WITH {', '.join(ctes)} {select}"
+    return _Plan(f"WITH {', '.join(ctes)} {select}", steps, tables)
 
 
 def _register_entities(con: duckdb.DuckDBPyConnection, entities: str | Path | pa.Table | Any) -> dict[str, str]:
@@ -248,6 +375,7 @@ def training_set(con: duckdb.DuckDBPyConnection, data_dir: Path, entities: str |
                  query: TrainingSetQuery, *, out: str | Path | None = None,
                  progress: Progress | None = None) -> pa.Table:
     """Compute a training set; with `out`, stream it into that Parquet file (and return it memory-mapped)."""
+    tables: list[str] = []
     try:
         types = _register_entities(con, entities)
         if query.timestamp_column not in types:
@@ -257,15 +385,29 @@ def training_set(con: duckdb.DuckDBPyConnection, data_dir: Path, entities: str |
             )
         t_sql = _time_ms_sql(query.timestamp_column, types[query.timestamp_column])
         con.execute(f"CREATE OR REPLACE TEMP VIEW __rows AS SELECT *, {t_sql} AS {T} FROM __input")
-        sql = build_training_set_sql(con, data_dir, query, list(types))
+        plan = plan_training_set(con, data_dir, query, list(types))
+        tables = plan.tables
+        stage = [0]
+        stages = len(plan.steps) + 1
+
+        def run(final: Callable[[], Any]) -> Any:
+            for step in plan.steps:
+                step()
+                stage[0] += 1
+            return final()
+
+        scaled = None if progress is None else (lambda done: progress((stage[0] + done) / stages))
         if out is None:
-            result: pa.Table = run_with_progress(con, lambda: con.sql(sql).to_arrow_table(), progress)
+            result: pa.Table = run_with_progress(con, lambda: run(lambda: con.sql(plan.sql).to_arrow_table()), scaled)
             return result
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        copy = f"COPY ({sql}) TO {sql_str(str(out))} (FORMAT parquet, COMPRESSION zstd)"
-        run_with_progress(con, lambda: con.execute(copy), progress)
+        copy = f"COPY ({plan.sql}) TO {sql_str(str(out))} (FORMAT parquet, COMPRESSION zstd)"
+        run_with_progress(con, lambda: run(lambda: con.execute(copy)), scaled)
         return pq.read_table(str(out), memory_map=True)
     finally:
+        for table in tables:
+            con.execute(f"DROP TABLE IF EXISTS {table}")
+        con.execute("DROP VIEW IF EXISTS __keyed")
         con.execute("DROP VIEW IF EXISTS __rows")
         con.execute("DROP VIEW IF EXISTS __input")
         with contextlib.suppress(duckdb.Error):
