@@ -211,8 +211,9 @@ def _state_key(con: duckdb.DuckDBPyConnection, events: str, at: str, rows: int, 
         key = _StateKey("STRUCT", "struct_pack(t := __event_time, k := __tie, q := __seq)", "__seq", 0, 0)
     else:
         kind = "BIGINT" if total <= 62 else "HUGEINT"
-        value = (f"(((__event_time - {lo_e})::{kind} << {tie_bits + seq_bits}) | ({tie}::{kind} << {seq_bits}) "
-                 f"| {seq}::{kind})")
+        part = "BIGINT" if tie_bits + seq_bits <= 62 else kind  # the low part in BIGINT when it fits: cheaper
+        value = (f"(((__event_time - {lo_e})::{kind} << {tie_bits + seq_bits}) | (({tie}::{part} << {seq_bits}) "
+                 f"| {seq}::{part})::{kind})")
         key = _StateKey(kind, value, seq, low_bits, seq_bits)
     return key, lo_a, hi_a
 
