@@ -222,59 +222,56 @@ _GROUP_HASH = "hash({})"
 """Groups a string entity's rows and events for the sort: a 64-bit hash sorts several times faster than text."""
 
 
+_CLASH = "featurestream: two entities share a hash"
+
+
 @dataclass(frozen=True)
 class _Plan:
-    """The training-set query, and the statements that must run before it (one state table per latest view)."""
+    """The training-set query, and the statements that must run before it (one state table per latest view).
+
+    `exact` rebuilds the state tables grouped by the entity key itself: the
+    query raises `_CLASH` when a row's state belongs to another entity.
+    """
 
     sql: str
     steps: list[Callable[[], None]]
+    exact: list[Callable[[], None]]
     tables: list[str]
 
 
-def _state_step(con: duckdb.DuckDBPyConnection, events_sql: str, at: str, key: str, hashed: bool, table: str,
+def _state_step(con: duckdb.DuckDBPyConnection, events_sql: str, at: str, key: str, group: str, table: str,
                 state: _StateKey, low: int, high: int) -> Callable[[], None]:
     """A statement making `table` (`__r`, `__pick`): the seq of each row's state, NULL when it has none.
 
     Rows and events go through one sort by (group, visibility time `at`), a
     row after the events visible at its time; a streaming running max then
-    gives each row its state. Rows with a null key or time see no event. The
-    group is the entity itself, or its hash for strings; if two entities of
-    the run share a hash (counted as clashes), the table is built again
-    grouped by the entity itself, which is exact but slower.
+    gives each row its state. Rows with a null key or time see no event.
     """
     kind = "BIGINT" if high - low < 2**61 else "HUGEINT"
     row_at = f"coalesce(least(greatest({T}, {low - 1}), {high}), {low - 1})"
     running = "OVER (ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
-
-    def create(group: str, clash_check: bool) -> str:
-        clash = "__h = lag(__h) OVER () AND __k <> lag(__k) OVER ()" if clash_check else "false"
-        ordered = (f"SELECT {group.format('__entity')} AS __h{', __entity AS __k' if clash_check else ''}, "
-                   f"({at} - {low})::{kind} * 2 AS __o, {state.event_sql} AS __v, NULL::BIGINT AS __r "
-                   f"FROM ({events_sql}) UNION ALL SELECT {group.format(key)}{', ' + key if clash_check else ''}, "
-                   f"({row_at} - {low})::{kind} * 2 + 1, NULL, {ROW} FROM __keyed WHERE {key} IS NOT NULL "
-                   f"ORDER BY __h, __o")
-        flagged = (f"SELECT __v, __r, __h IS DISTINCT FROM lag(__h) OVER () AS __new, {clash} AS __clash "
-                   f"FROM ({ordered})")
-        # count(*) FILTER is the one running aggregate DuckDB streams without a call per row
-        grouped = (f"SELECT __v, __r, count(*) FILTER (WHERE __new) {running} AS __g, count(*) FILTER (WHERE __clash) "
-                   f"{running} AS __clashes FROM ({flagged})")
-        return (f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT __r, CASE WHEN {state.group_of('__m')} = __g THEN "
-                f"{state.seq_of('__m')} END AS __pick, __clashes FROM (SELECT __r, __g, __clashes, "
-                f"max({state.value_sql('__g', '__v')}) {running} AS __m FROM ({grouped})) WHERE __r IS NOT NULL")
+    ordered = (f"SELECT {group.format('__entity')} AS __h, ({at} - {low})::{kind} * 2 AS __o, "
+               f"{state.event_sql} AS __v, NULL::BIGINT AS __r FROM ({events_sql}) UNION ALL SELECT "
+               f"{group.format(key)}, ({row_at} - {low})::{kind} * 2 + 1, NULL, {ROW} FROM __keyed "
+               f"WHERE {key} IS NOT NULL ORDER BY __h, __o")
+    # count(*) FILTER is the one running aggregate DuckDB streams without a call per row
+    grouped = (f"SELECT __v, __r, count(*) FILTER (WHERE __new) {running} AS __g FROM (SELECT __v, __r, "
+               f"__h IS DISTINCT FROM lag(__h) OVER () AS __new FROM ({ordered}))")
+    sql = (f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT __r, {state.seq_of('__m')} AS __pick FROM (SELECT __r, "
+           f"__g, max({state.value_sql('__g', '__v')}) {running} AS __m FROM ({grouped})) "
+           f"WHERE __r IS NOT NULL AND {state.group_of('__m')} = __g")
 
     def step() -> None:
-        con.execute(create(_GROUP_HASH if hashed else "{}", hashed))
-        if hashed and con.execute(f"SELECT max(__clashes) FROM {table}").fetchall()[0][0]:
-            _log.info("training_set.hash_clash", table=table, fix="grouping by the entity key instead")
-            con.execute(create("{}", False))
+        con.execute(sql)
 
     return step
 
 
 def _latest_view(con: duckdb.DuckDBPyConnection, view: FeatureView, features: list[str], events: str,
                  events_sql: str, key: str, as_served: bool, rows: int, tag: str,
-                 ) -> tuple[Callable[[], None], str, list[str]]:
-    """The state step, the CTE joining each row's state to its fields (`tag`), and the outputs (ttl applied).
+                 ) -> tuple[Callable[[], None], Callable[[], None], str, list[str]]:
+    """The state step and its exact twin (grouped by key), the CTE of each row's state with its fields (`tag`),
+    and the outputs (ttl applied).
 
     The state at t is the newest event (by event_time, tie, seq) among those
     visible at t: `__avail <= t` as served, else `__event_time <= t`. Its seq
@@ -284,14 +281,20 @@ def _latest_view(con: duckdb.DuckDBPyConnection, view: FeatureView, features: li
     at = "__avail" if as_served else "__event_time"
     state, low, high = _state_key(con, events_sql, at, rows)
     hashed = DUCKDB_TYPES[view.input_columns[view.entity.join_key]] == "VARCHAR"
-    step = _state_step(con, events_sql, at, key, hashed, f"{tag}_state", state, low, high)
+    steps = [_state_step(con, events_sql, at, key, group, f"{tag}_state", state, low, high)
+             for group in (_GROUP_HASH if hashed else "{}", "{}")]
     fields = ", ".join(f"e.{_q(f)}" for f in features)
-    cte = (f"{tag} AS (SELECT s.__r, e.__event_time, {fields} FROM {tag}_state s JOIN (SELECT *, {state.seq_sql} "
-           f"AS __pick FROM {events}) e ON e.__pick = s.__pick)")
+    cte = (f"{tag} AS (SELECT s.__r, e.__entity, e.__event_time, {fields} FROM {tag}_state s JOIN (SELECT *, "
+           f"{state.seq_sql} AS __pick FROM {events}) e ON e.__pick = s.__pick)")
+    # Grouped by hash, a row's running max covers every entity of its hash: if the newest is its own entity's
+    # event it is the right state, else (two entities share a 64-bit hash) the query stops with _CLASH and the
+    # caller rebuilds the states grouped by key. So the check is exact and costs one comparison per row.
+    event_time = (f"CASE WHEN {tag}.__entity <> r.{key} THEN error({sql_str(_CLASH)})::BIGINT "
+                  f"ELSE {tag}.__event_time END")
     ttl = view.ttl_ms
-    live = f"{tag}.__event_time > r.{T} - {ttl}" if ttl is not None else f"{tag}.__event_time IS NOT NULL"
+    live = f"{event_time} > r.{T} - {ttl}" if ttl is not None else f"{event_time} IS NOT NULL"
     outputs = [f"CASE WHEN {live} THEN {tag}.{_q(f)} END AS {_q(output_name(view, f))}" for f in features]
-    return step, cte, outputs
+    return steps[0], steps[1], cte, outputs
 
 
 def plan_training_set(con: duckdb.DuckDBPyConnection, data_dir: Path, query: TrainingSetQuery,
@@ -306,6 +309,7 @@ def plan_training_set(con: duckdb.DuckDBPyConnection, data_dir: Path, query: Tra
     outputs: list[str] = []
     joins: list[str] = []
     steps: list[Callable[[], None]] = []
+    exact: list[Callable[[], None]] = []
     tables: list[str] = []
     as_served = not query.ignore_ingest_time
     for i, view in enumerate(query.features):
@@ -329,8 +333,10 @@ def plan_training_set(con: duckdb.DuckDBPyConnection, data_dir: Path, query: Tra
             joins += [f"LEFT JOIN {name} ON {name}.{ROW} = r.{ROW}" for name in (c.split(" AS ", 1)[0]
                                                                               for c in view_ctes)]
         else:
-            step, cte, view_outputs = _latest_view(con, view, features, events, events_sql, key, as_served, rows, tag)
+            step, exact_step, cte, view_outputs = _latest_view(con, view, features, events, events_sql, key,
+                                                               as_served, rows, tag)
             steps.append(step)
+            exact.append(exact_step)
             tables.append(f"{tag}_state")
             ctes.append(cte)
             joins.append(f"LEFT JOIN {tag} ON {tag}.__r = r.{ROW}")
@@ -340,7 +346,7 @@ def plan_training_set(con: duckdb.DuckDBPyConnection, data_dir: Path, query: Tra
     if query.derived:
         derived = ", ".join(f"({expr.to_sql()}) AS {_q(name)}" for name, expr in query.derived.items())
         select = f"SELECT *, {derived} FROM ({select})"
-    return _Plan(f"WITH {', '.join(ctes)} {select}", steps, tables)
+    return _Plan(f"WITH {', '.join(ctes)} {select}", steps, exact, tables)
 
 
 def _register_entities(con: duckdb.DuckDBPyConnection, entities: str | Path | pa.Table | Any) -> dict[str, str]:
@@ -395,6 +401,14 @@ def training_set(con: duckdb.DuckDBPyConnection, data_dir: Path, entities: str |
             for step in plan.steps:
                 step()
                 stage[0] += 1
+            try:
+                return final()
+            except duckdb.Error as exc:
+                if _CLASH not in str(exc):
+                    raise
+            _log.info("training_set.hash_clash", fix="states rebuilt grouped by the entity key")
+            for step in plan.exact:
+                step()
             return final()
 
         scaled = None if progress is None else (lambda done: progress((stage[0] + done) / stages))
