@@ -10,6 +10,7 @@ Prometheus registry of its own. Each resource has one router.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -79,6 +80,10 @@ def create_app(settings: Settings, repo: FeatureRepo | None = None, *, repo_path
             state.reader = OnlineReader(state.redis, KeyLayout(config.key_prefix or settings.online_prefix),
                                         cache_keys=config.online_cache_keys)
         await state.prediction_log.start()
+        # what exists now lives as long as the app: keep it out of full collections, which otherwise walk
+        # every module, route and model object each time (~80-120 ms pauses: the p99 of every route)
+        gc.collect()
+        gc.freeze()
         log.info("serving_started", redis=bool(settings.redis), kafka=bool(settings.kafka),
                  services=sorted(repo.services), models=len(registry.names()))
         try:

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from feature_store.aggregates import TileLayout, empty_stats, finalizer, merge
 from feature_store.definitions import Aggregation
@@ -42,7 +42,7 @@ _VERSION = VERSION_FIELD.encode()
 _NEWEST = NEWEST_FIELD.encode()
 
 Stats = list[Any]
-Merged = list[Stats | None]  # per window depth of the layout (Shape.depths): merged stats, None when no tile
+Merged = Sequence[Sequence[Any] | None]  # per window depth of the layout (Shape.depths): merged stats, None when no tile
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,16 +87,19 @@ def shape_of(layout: TileLayout) -> Shape:
     return shape
 
 
-@dataclass(slots=True)
-class Entry:
-    """One tile hash read at tile start `start`: closed merges per depth, valid while `~m` is `version`."""
+class Entry(NamedTuple):
+    """One tile hash read at tile start `start`: closed merges per depth, valid while `~m` is `version`.
+
+    Tuples of atomic values all through, so the garbage collector untracks a cached entry: a cache of
+    20,000 hashes then adds nothing to the full collections that pause serving.
+    """
 
     version: bytes
     newest: bytes  # `~t` as stored, checked when `check_newest`
     start: int
-    closed: Merged
-    probe: list[str]  # HMGET fields: ~m, ~t, then the open tiles by name (depth ascending)
-    open_depths: list[int]  # depth of each open tile in `probe[2:]`
+    closed: tuple[tuple[Any, ...] | None, ...]  # merged stats per depth (Shape.depths), None when no tile
+    probe: tuple[str, ...]  # HMGET fields: ~m, ~t, then the open tiles by name (depth ascending)
+    open_depths: tuple[int, ...]  # depth of each open tile in `probe[2:]`
     check_newest: bool
 
 
@@ -136,7 +139,7 @@ class TileCache:
 def _combine(shape: Shape, closed: Merged, open_tiles: list[tuple[int, Stats]]) -> Merged:
     """Per depth: closed merge + the open tiles within the depth (open_tiles by ascending depth)."""
     layout = shape.layout
-    out: Merged = []
+    out: list[Sequence[Any] | None] = []
     cum: Stats | None = None
     i, n = 0, len(open_tiles)
     for di, depth in enumerate(shape.depths):
@@ -172,7 +175,7 @@ def from_full(shape: Shape, start: int, reply: dict[bytes, bytes]) -> tuple[Merg
         else:
             closed_tiles[depth] = packed
     layout = shape.layout
-    closed: Merged = []
+    closed: list[Sequence[Any] | None] = []
     cum: Stats | None = None
     ordered = sorted(closed_tiles)
     i = 0
@@ -186,15 +189,18 @@ def from_full(shape: Shape, start: int, reply: dict[bytes, bytes]) -> tuple[Merg
     merged = _combine(shape, closed, open_tiles)
     if not cacheable:
         return merged, None
+    probe: tuple[str, ...]
+    open_depths: tuple[int, ...]
     if open_count > max_depth:  # idle past every window: nothing to fetch while ~t stays
-        probe, open_depths, check = [], [], True
+        probe, open_depths, check = (), (), True
     elif open_count > PROBE_SPAN:
-        probe, open_depths, check = [str(boundary)], [open_count], True
+        probe, open_depths, check = (str(boundary),), (open_count,), True
     else:
-        probe = [str(start - k * hop) for k in range(open_count)]
-        open_depths, check = list(range(1, open_count + 1)), False
-    entry = Entry(version=version, newest=newest, start=start, closed=closed,  # type: ignore[arg-type]
-                  probe=[VERSION_FIELD, NEWEST_FIELD, *probe], open_depths=open_depths, check_newest=check)
+        probe = tuple(str(start - k * hop) for k in range(open_count))
+        open_depths, check = tuple(range(1, open_count + 1)), False
+    frozen = tuple(None if stats is None else tuple(stats) for stats in closed)
+    entry = Entry(version, newest, start, frozen, (VERSION_FIELD, NEWEST_FIELD, *probe),  # type: ignore[arg-type]
+                  open_depths, check)
     return merged, entry
 
 
