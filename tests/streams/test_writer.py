@@ -119,6 +119,23 @@ async def test_a_batch_applies_once_and_a_stale_writer_is_fenced(redis_client: a
     assert await redis_client.hgetall(offset_key) == {b"offset": b"4", b"watermark": str(START + 4).encode()}
 
 
+async def test_the_script_is_loaded_again_when_redis_forgot_it(redis_client: aioredis.Redis) -> None:
+    """A Redis restart or SCRIPT FLUSH drops the cached script: the next apply loads it and succeeds."""
+    events = [{"user": "u1", "shop": "s1", "amount": 2.0, "label": "a", "ts": START + i} for i in range(4)]
+    assert await _apply_batches(redis_client, REPO, "s", [events[:2]]) == [True]
+    await redis_client.script_flush()
+    sha = OnlineWriter(redis_client)._sha
+    assert await redis_client.script_exists(sha) == [False]
+    plan = SourcePlan(SOURCE, REPO.views_of(SOURCE), KeyLayout("s"))
+    c = _classified(events[2:], 2)
+    batch = PartitionBatch(offset_key=KeyLayout("s").offset_key(SOURCE, 0), expected_offset=1, first_offset=2,
+                           last_offset=3, watermark=c.watermark, layouts=plan.layouts)
+    plan.writes(duckdb.connect(), applied_table(SOURCE, c, [0, 1], 0, 9), 0, batch, 1_000)
+    result = await OnlineWriter(redis_client).apply(batch)
+    assert (result.applied, result.stored_offset) == (True, 3)
+    assert await redis_client.script_exists(sha) == [True]
+
+
 async def test_keys_get_ttls_and_old_tiles_are_dropped(redis_client: aioredis.Redis) -> None:
     hour = 3_600_000
     events = [{"user": "u1", "shop": "s1", "amount": 1.0, "label": "a", "ts": START + k * hour} for k in range(8)]
