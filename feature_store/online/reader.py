@@ -62,15 +62,16 @@ class _ViewKeys:
     shapes: list[Shape]  # windowed: one per tile layout
     tile_parts: list[list[tuple[str, str]]]  # per shape, per partition: state key (head, tail)
     latest_parts: list[tuple[str, str]]  # per partition
-    partitions: dict[Any, list[int]] = field(default_factory=dict)  # entity -> partitions to read (bounded)
+    partitions: dict[Any, tuple[int, ...]] = field(default_factory=dict)  # entity -> partitions to read (bounded)
 
-    def partitions_of(self, entity: Any) -> list[int]:
-        """`KeyLayout.partitions_to_read`, remembered per entity (murmur2 in Python costs ~5 us)."""
+    def partitions_of(self, entity: Any) -> tuple[int, ...]:
+        """`KeyLayout.partitions_to_read`, remembered per entity (murmur2 in Python costs ~5 us); a tuple, so
+        the collector untracks it (a list would add one object per entity to every full collection)."""
         found = self.partitions.get(entity)
         if found is None:
             if len(self.partitions) >= 65_536:
                 self.partitions.clear()
-            found = self.partitions[entity] = self.keys.partitions_to_read(self.view, entity)
+            found = self.partitions[entity] = tuple(self.keys.partitions_to_read(self.view, entity))
         return found
 
 

@@ -42,7 +42,7 @@ _VERSION = VERSION_FIELD.encode()
 _NEWEST = NEWEST_FIELD.encode()
 
 Stats = list[Any]
-Merged = Sequence[Sequence[Any] | None]  # per window depth of the layout (Shape.depths): merged stats, None when no tile
+Merged = Sequence[Sequence[Any] | None]  # per window depth (Shape.depths): merged stats, None when no tile
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +90,8 @@ def shape_of(layout: TileLayout) -> Shape:
 class Entry(NamedTuple):
     """One tile hash read at tile start `start`: closed merges per depth, valid while `~m` is `version`.
 
-    Tuples of atomic values all through, so the garbage collector untracks a cached entry: a cache of
-    20,000 hashes then adds nothing to the full collections that pause serving.
+    Tuples of atomic values inside, which the garbage collector untracks: a cached hash adds one object
+    (the entry) to the full collections that pause serving, not one per depth and probe field.
     """
 
     version: bytes

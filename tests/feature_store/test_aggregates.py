@@ -119,7 +119,8 @@ def test_empty_stats_finalize_to_defaults() -> None:
     stats = stats_of([])
     assert stats == empty_stats(LAYOUT)
     defaults = {a.name: finalize(LAYOUT, a, stats) for a in LAYOUT.aggregations}
-    assert defaults["x_count_1h"] == 0 and defaults["events"] == 0
+    assert defaults["x_count_1h"] == 0
+    assert defaults["events"] == 0
     assert all(v is None for k, v in defaults.items() if k not in ("x_count_1h", "events"))
     assert stats[LAYOUT.index("*", "et")] == NO_ORDER
 
@@ -128,10 +129,12 @@ def test_layout_ops_name_their_operands() -> None:
     ops = dict(zip((s.label for s in LAYOUT.stats), LAYOUT.ops, strict=True))
     n, s = LAYOUT.index("x", "n") + 1, LAYOUT.index("x", "s") + 1
     assert ops["m2.x"] == f"m2:{n}:{s}"
-    assert ops["mn.x"] == f"min:{n}" and ops["et.*"] == "newest" and ops["lt.x"] == "last"
+    assert ops["mn.x"] == f"min:{n}"
+    assert ops["et.*"] == "newest"
+    assert ops["lt.x"] == "last"
 
 
-@pytest.mark.parametrize("window,hop", [("5m", None), ("24h", None), ("7d", None), ("30d", None), ("1h", "10m")])
+@pytest.mark.parametrize(("window", "hop"), [("5m", None), ("24h", None), ("7d", None), ("30d", None), ("1h", "10m")])
 def test_one_layout_per_hop(window: str, hop: str | None) -> None:
     view = FeatureView(name="w", entity=ENTITY, source=SOURCE,
                        aggregations=[Aggregation(column="x", function="sum", window=window, hop=hop)])
