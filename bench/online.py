@@ -13,8 +13,11 @@ streams (so the client adds as little as possible to the latency it measures).
 Scenarios, each for /v1/features (the 8 features) and /v1/predict (a rule
 model over the same 8 features + a derived request feature):
 - open loop at a fixed rate (1 entity at `--rate` req/s; 100 entities at
-  `--rate-100` req/s): latency measured from the *scheduled* send time, so a
-  stalled server cannot hide queueing (no coordinated omission);
+  `--rate-100` req/s), a free connection per request: latency runs from the
+  moment the client's timer fires for a request, waiting for a connection
+  included, so a stalled server cannot hide queueing (no coordinated
+  omission); the timer's own lateness (event loop timers round to the
+  millisecond) is reported apart as `timer_slack`;
 - closed loop with `--concurrency` connections: saturation requests/s.
 
 Warm and cold: the server caches the merged closed tiles per tile hash
@@ -30,7 +33,10 @@ pipelined Redis commands sent on its wire path (one hiredis-packed write, replie
 parsed by hiredis, nothing decoded further) - the
 warm probes (HMGET of markers + open tiles) and the cold whole-hash reads
 (HGETALL) - and `OnlineReader.read` in process (round trip + decoding), warm
-and cold. Bounded: every phase has a fixed duration and request count cap.
+and cold; and `healthz_1`, `GET /healthz` on the same server through the same
+client and middleware: the HTTP floor under the latency targets. The client
+freezes and disables its own garbage collector during the load phases (it is
+not under test). Bounded: every phase has a fixed duration and request count cap.
 """
 
 from __future__ import annotations
