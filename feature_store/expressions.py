@@ -3,9 +3,9 @@
 A `FeatureService` may declare `derived={"amount_ratio": "amount / coalesce(user_spend__amount_mean_24h, amount)"}`.
 Names are request fields (by name) or fetched features (`view__feature` for
 'view:feature'). Serving evaluates an expression per request in Python
-(`Expression.evaluate`); training sets and batch scoring compile the same
-parsed tree to a DuckDB SQL expression (`Expression.to_sql`). The tests hold
-both evaluators equal with hypothesis.
+(`Expression.evaluate`, the tree compiled once into closures); training sets
+and batch scoring compile the same parsed tree to a DuckDB SQL expression
+(`Expression.to_sql`). The tests hold both evaluators equal with hypothesis.
 
 Grammar (parsed with Python's `ast`, anything else is refused):
 numbers, names, `+ - * /`, unary `-`, comparisons `< <= > >= == !=`
@@ -72,10 +72,11 @@ class Expression:
     source: str
     tree: ast.expr = field(repr=False, compare=False)
     names: frozenset[str] = field(compare=False)
+    compiled: Callable[[Mapping[str, Any]], Any] = field(repr=False, compare=False)
 
     def evaluate(self, env: Mapping[str, Any]) -> Any:
         """The value for one row; `env` maps every name in `names` to its value (None = null)."""
-        return _eval(self.tree, env)
+        return self.compiled(env)
 
     def to_sql(self, column: Callable[[str], str] | None = None) -> str:
         """A DuckDB SQL expression; `column(name)` gives the SQL of a name (default: the quoted name)."""
@@ -116,7 +117,7 @@ def parse(source: str) -> Expression:
     if count > _MAX_NODES:
         raise DefinitionError(f"expression {source!r} is too large ({count} nodes, at most {_MAX_NODES})")
     names.difference_update(_FUNCTIONS)
-    return Expression(source=source, tree=tree, names=frozenset(names))
+    return Expression(source=source, tree=tree, names=frozenset(names), compiled=_compile(tree))
 
 
 def derived_expressions(service: FeatureService, repo: FeatureRepo | None = None) -> dict[str, Expression]:
@@ -178,7 +179,7 @@ def _allow(node: ast.AST, source: str) -> None:
         if any(isinstance(a, ast.Starred) for a in node.args):
             raise DefinitionError(f"expression {source!r}: *args is not allowed")
     elif isinstance(node, ast.Name) and node.id in _FUNCTIONS:
-        return  # the callee of a Call; a bare function name is refused by _check/_eval
+        return  # the callee of a Call; a bare function name is refused by _check/_compile
     elif isinstance(node, ast.Name) and not node.id.isidentifier():
         raise DefinitionError(f"expression {source!r}: bad name {node.id!r}")
 
@@ -242,67 +243,118 @@ def _has_str(node: ast.Compare) -> bool:
     return any(isinstance(o, ast.Constant) and isinstance(o.value, str) for o in (node.left, *node.comparators))
 
 
-def _eval(node: ast.expr, env: Mapping[str, Any]) -> Any:
+Env = Mapping[str, Any]
+Compiled = Callable[[Env], Any]
+
+
+def _compile(node: ast.expr) -> Compiled:
+    """The node as a Python closure over the row: dispatch on node types happens once, not per row."""
     if isinstance(node, ast.Constant):
-        return node.value if isinstance(node.value, str) else float(cast(float, node.value))
+        constant = node.value if isinstance(node.value, str) else float(cast(float, node.value))
+        return lambda env: constant
     if isinstance(node, ast.Name):
-        return env.get(node.id)
+        name = node.id
+        return lambda env: env.get(name)
     if isinstance(node, ast.BinOp):
-        a, b = _num(_eval(node.left, env)), _num(_eval(node.right, env))
+        return _compile_arithmetic(node.op, _compile(node.left), _compile(node.right))
+    if isinstance(node, ast.UnaryOp):
+        operand = _compile(node.operand)
+        if isinstance(node.op, ast.Not):
+            def negated(env: Env) -> bool | None:
+                t = _truth(operand(env))
+                return None if t is None else not t
+            return negated
+        negate = isinstance(node.op, ast.USub)
+
+        def signed(env: Env) -> float | None:
+            x = _num(operand(env))
+            return None if x is None else -x if negate else x
+        return signed
+    if isinstance(node, ast.BoolOp):
+        return _compile_bool(isinstance(node.op, ast.Or), [_compile(v) for v in node.values])
+    if isinstance(node, ast.Compare):
+        return _compile_compare(node)
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):  # parse() checked it
+        raise DefinitionError(f"unexpected {type(node).__name__} in an expression")
+    return _compile_call(node.func.id, [_compile(a) for a in node.args])
+
+
+def _compile_arithmetic(op: ast.operator, left: Compiled, right: Compiled) -> Compiled:
+    def arithmetic(env: Env) -> float | None:
+        a, b = _num(left(env)), _num(right(env))
         if a is None or b is None:
             return None
-        if isinstance(node.op, ast.Add):
+        if isinstance(op, ast.Add):
             return a + b
-        if isinstance(node.op, ast.Sub):
+        if isinstance(op, ast.Sub):
             return a - b
-        if isinstance(node.op, ast.Mult):
+        if isinstance(op, ast.Mult):
             return a * b
         return None if b == 0 else a / b
-    if isinstance(node, ast.UnaryOp):
-        if isinstance(node.op, ast.Not):
-            t = _truth(_eval(node.operand, env))
-            return None if t is None else not t
-        x = _num(_eval(node.operand, env))
-        return None if x is None else (-x if isinstance(node.op, ast.USub) else x)
-    if isinstance(node, ast.BoolOp):
-        values = [_truth(_eval(v, env)) for v in node.values]
-        decisive = isinstance(node.op, ast.Or)  # True decides an `or`, False an `and`
-        if decisive in values:
-            return decisive
-        return None if None in values else not decisive
-    if isinstance(node, ast.Compare):
-        raw = _has_str(node)
-        operands = [_eval(o, env) for o in (node.left, *node.comparators)]
+    return arithmetic
+
+
+def _compile_bool(is_or: bool, values: list[Compiled]) -> Compiled:
+    def boolean(env: Env) -> bool | None:
+        truths = [_truth(v(env)) for v in values]
+        if is_or in truths:  # True decides an `or`, False an `and`
+            return is_or
+        return None if None in truths else not is_or
+    return boolean
+
+
+def _compile_compare(node: ast.Compare) -> Compiled:
+    raw = _has_str(node)
+    operands = [_compile(o) for o in (node.left, *node.comparators)]
+    ops = list(node.ops)
+
+    def compare(env: Env) -> bool | None:
+        values = [o(env) for o in operands]
         if not raw:
-            operands = [_num(o) for o in operands]
+            values = [_num(v) for v in values]
         result: bool | None = True
-        for op, a, b in zip(node.ops, operands, operands[1:], strict=False):
-            if a is None or b is None:
-                step: bool | None = None
-            else:
-                step = _compare(op, a, b)
+        for op, a, b in zip(ops, values, values[1:], strict=False):
+            step = None if a is None or b is None else _compare(op, a, b)
             if step is False:
                 return False
             if step is None:
                 result = None
         return result
-    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):  # parse() checked it
-        raise DefinitionError(f"unexpected {type(node).__name__} in an expression")
-    name = node.func.id
+    return compare
+
+
+def _compile_call(name: str, args: list[Compiled]) -> Compiled:
     if name == "if_":
-        cond = _truth(_eval(node.args[0], env))
-        return _num(_eval(node.args[1] if cond else node.args[2], env))
-    args = [_num(_eval(a, env)) for a in node.args]
+        cond, then, otherwise = args
+
+        def if_(env: Env) -> float | None:
+            return _num(then(env) if _truth(cond(env)) else otherwise(env))
+        return if_
     if name == "coalesce":
-        return next((a for a in args if a is not None), None)
+        def coalesce(env: Env) -> float | None:
+            values = [_num(f(env)) for f in args]  # all evaluated, as SQL would
+            return next((a for a in values if a is not None), None)
+        return coalesce
     if name == "abs":
-        return None if args[0] is None else abs(args[0])
+        (only,) = args
+
+        def abs_(env: Env) -> float | None:
+            x = _num(only(env))
+            return None if x is None else abs(x)
+        return abs_
     if name == "log":
-        return math.log(args[0]) if args[0] is not None and args[0] > 0 else None
-    present = [a for a in args if a is not None]
-    if not present:
-        return None
-    return min(present) if name == "min" else max(present)
+        (only,) = args
+
+        def log(env: Env) -> float | None:
+            x = _num(only(env))
+            return math.log(x) if x is not None and x > 0 else None
+        return log
+    pick = min if name == "min" else max
+
+    def extreme(env: Env) -> float | None:
+        present = [a for a in [_num(f(env)) for f in args] if a is not None]
+        return pick(present) if present else None
+    return extreme
 
 
 def _compare(op: ast.cmpop, a: Any, b: Any) -> bool:
