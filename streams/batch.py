@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from feature_store.aggregates import NO_ORDER, SEQ_PARTITION_SHIFT
 from feature_store.definitions import StreamSource
 from feature_store.offline.layout import LOG_COLUMNS
+from schemas.event_schema import TableValidation
 
 __all__ = ["APPLIED", "INVALID", "LATE", "Classified", "applied_table", "classify", "log_schema", "log_table"]
 
@@ -65,10 +66,15 @@ class Classified:
 
 
 def classify(source: StreamSource, values: Sequence[bytes | None], offsets: Sequence[int], watermark: int,
-             now_ms: int) -> Classified:
-    """Validate and classify raw record values of one partition, in offset order."""
+             now_ms: int, checked: TableValidation | None = None) -> Classified:
+    """Validate and classify raw record values of one partition, in offset order.
+
+    `checked` is `source.schema.validate_records(values)` when the caller has
+    it already (the worker validates a fetch's partitions together).
+    """
     n = len(values)
-    checked = source.schema.validate_records(values)
+    if checked is None:
+        checked = source.schema.validate_records(values)
     table = checked.table
     status = [APPLIED] * n
     reasons: list[str | None] = [None] * n

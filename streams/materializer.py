@@ -1,9 +1,11 @@
 """The high-volume feature materializer: an aiokafka batch consumer with exactly-once effect in Redis.
 
-Per partition batch (`getmany(max_records=...)`): classify (validate, future,
-late; `streams.batch`), dead-letter the bad ones, compute tile stats and
-latest rows with DuckDB (`streams.views`), apply them with one fenced script
-call (`OnlineWriter`), then append every consumed event to the event log.
+Per fetch (`getmany(max_records=...)`): validate the records of each
+source's partitions together (one columnar parse), then per partition batch:
+classify (future, late; `streams.batch`), dead-letter the bad ones, compute
+tile stats and latest rows with DuckDB (`streams.views`, one pass per source),
+apply them with one fenced script call (`OnlineWriter`), then append every
+consumed event to the event log.
 
 Positions: Redis offsets are the truth. On every assignment a partition
 resumes at min(Redis offset, event-log offset) + 1 with the watermark that
@@ -41,6 +43,7 @@ from feature_store.online.writer import NO_OFFSET, OnlineWriter, PartitionBatch
 from feature_store.publish import ensure_topics
 from feature_store.repo import FeatureRepo
 from schemas import now_ms
+from schemas.event_schema import TableValidation
 from streams.batch import APPLIED, INVALID, LATE, Classified, applied_table, classify, log_schema, log_table
 from streams.dlq import dead_letter_headers
 from streams.metrics import WorkerMetrics
@@ -304,7 +307,10 @@ class Materializer:
         partition stale and the store's position replaces it.
         """
         started = time.perf_counter()
-        staged = [p for tp, records in batches.items() if (p := self._stage(tp, records, started)) is not None]
+        selected = [(tp, *picked) for tp, records in batches.items() if (picked := self._select(tp, records))]
+        checked = self._validate([(part, records) for _, part, records in selected])
+        staged = [self._stage(tp, part, records, started, check)
+                  for (tp, part, records), check in zip(selected, checked, strict=True)]
         ingest = now_ms()  # the tie of every event applied from this fetch
         by_source: dict[str, list[_Prepared]] = {}
         for p in staged:
@@ -341,8 +347,8 @@ class Materializer:
             src.plan.writes_many(self._con, table, {p.part.partition: p.batch for p in group if p.batch is not None},
                                  ingest)
 
-    def _stage(self, tp: TopicPartition, records: Sequence[Any], started: float) -> _Prepared | None:
-        """Classify one partition batch and find its Redis and log parts (no I/O, no writes yet)."""
+    def _select(self, tp: TopicPartition, records: Sequence[Any]) -> tuple[_Partition, Sequence[Any]] | None:
+        """The records of one partition batch to process: none already processed, none across a gap."""
         part = self._parts.get(tp)
         if part is None:
             return None
@@ -357,8 +363,32 @@ class Materializer:
             self._consumer.seek(tp, part.next_offset)
             return None
         part.gap_checked = False
+        return part, records
+
+    @staticmethod
+    def _validate(selected: Sequence[tuple[_Partition, Sequence[Any]]]) -> list[TableValidation]:
+        """Validate the selected records, the partitions of one source together.
+
+        The columnar validation's cost is mostly fixed (~1.4 ms a call), so one
+        call per source per fetch instead of one per partition.
+        """
+        by_source: dict[str, list[int]] = {}
+        for i, (part, _) in enumerate(selected):
+            by_source.setdefault(part.source.source.topic, []).append(i)
+        checked: list[TableValidation | None] = [None] * len(selected)
+        for indexes in by_source.values():
+            schema = selected[indexes[0]][0].source.source.schema
+            groups = [[r.value for r in selected[i][1]] for i in indexes]
+            for i, result in zip(indexes, schema.validate_record_groups(groups), strict=True):
+                checked[i] = result
+        return [c for c in checked if c is not None]
+
+    def _stage(self, tp: TopicPartition, part: _Partition, records: Sequence[Any], started: float,
+               checked: TableValidation) -> _Prepared:
+        """Classify one partition batch and find its Redis and log parts (no I/O, no writes yet)."""
         src = part.source
-        c = classify(src.source, [r.value for r in records], [r.offset for r in records], part.watermark, now_ms())
+        c = classify(src.source, [r.value for r in records], [r.offset for r in records], part.watermark, now_ms(),
+                     checked)
         redis_from = _first_above(c.offsets, part.redis_offset)
         logged = src.log.position(part.partition)
         log_from = _first_above(c.offsets, NO_OFFSET if logged is None else logged.offset)

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from feature_store.aggregates import NO_ORDER
+from feature_store.definitions import StreamSource
 from schemas import EventSchema
 from streams.batch import APPLIED, INVALID, LATE, classify, log_schema, log_table
 from tests.schemas.test_properties import PROPERTY_SETTINGS, events_of, mutate, schemas
@@ -134,3 +135,39 @@ def test_classify_agrees_with_the_record_by_record_rules(events: list[Any], wate
     log = log_table(log_schema(source), c, 0, 3, 99).to_pylist()
     assert [row["__status"] for row in log] == status
     assert [row["__offset"] for row in log] == offsets
+
+
+@PROPERTY_SETTINGS
+@given(data=st.data(), schema=schemas)
+def test_validating_groups_together_equals_validating_each(data: st.DataObject, schema: EventSchema) -> None:
+    """The worker validates a fetch's partitions in one call: same verdicts, reasons and rows as one call each."""
+    groups = [_records(data, schema) for _ in range(data.draw(st.integers(1, 4)))]
+    got = schema.validate_record_groups(groups)
+    assert len(got) == len(groups)
+    for group, checked in zip(groups, got, strict=True):
+        want = schema.validate_records(group)
+        assert checked.invalid == want.invalid
+        assert checked.table.schema == want.table.schema
+        rows, expected = checked.table.to_pylist(), want.table.to_pylist()
+        assert len(rows) == len(expected) == len(group)
+        assert all(_same(row[k], e[k]) for row, e in zip(rows, expected, strict=True) for k in e)
+
+
+@PROPERTY_SETTINGS
+@given(partitions=st.lists(st.lists(_event | st.sampled_from([b"{}", b"null", b'{"id": 1}']), min_size=1,
+                                    max_size=12), min_size=1, max_size=4),
+       watermark=st.sampled_from([NO_ORDER, _T0 - 100_000, _T0, _T0 + 100_000]))
+def test_classify_with_a_fetch_validated_once(partitions: list[list[Any]], watermark: int) -> None:
+    """classify given its slice of the fetch's validation equals classify validating the partition itself."""
+    source = events_repo("unused").sources["events"]
+    assert isinstance(source, StreamSource)
+    groups = [[e if isinstance(e, bytes) else orjson.dumps(e) for e in events] for events in partitions]
+    for values, checked in zip(groups, source.schema.validate_record_groups(groups), strict=True):
+        offsets = list(range(5, 5 + len(values)))
+        got = classify(source, values, offsets, watermark, _T0, checked)
+        want = classify(source, values, offsets, watermark, _T0)
+        assert (got.status, got.reasons, got.event_times, got.watermark, got.dlq) == \
+            (want.status, want.reasons, want.event_times, want.watermark, want.dlq)
+        assert got.rows(source).equals(want.rows(source))
+        schema = log_schema(source)
+        assert log_table(schema, got, 0, 1, 7).equals(log_table(schema, want, 0, 1, 7))

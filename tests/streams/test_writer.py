@@ -7,10 +7,12 @@ import itertools
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from feature_store.definitions import StreamSource
 from feature_store.durations import to_ms
 from feature_store.online import KeyLayout, OnlineReader
 from feature_store.online.writer import NO_OFFSET, OnlineWriter, PartitionBatch
@@ -151,3 +153,38 @@ async def test_keys_get_ttls_and_old_tiles_are_dropped(redis_client: aioredis.Re
             fields = sorted(int(f) for f in await redis_client.hkeys(key) if not f.startswith(b"~"))  # markers
             assert fields[-1] == START + 7 * hour
             assert fields[0] >= fields[-1] - 2 * keep, (key, fields)
+
+
+class _Unprepared(SourcePlan):
+    """The plan running each query's SQL text as it is (what writes_many did before preparing them)."""
+
+    def _statements(self, con: duckdb.DuckDBPyConnection) -> list[str]:
+        return [item.sql for item in self._sql]
+
+
+@settings(max_examples=40, deadline=None)
+@given(fetches=st.lists(st.lists(st.tuples(st.integers(0, 2), _event), min_size=1, max_size=30), min_size=1,
+                        max_size=4))
+def test_prepared_writes_equal_the_plain_queries(fetches: list[list[tuple[int, dict[str, Any]]]]) -> None:
+    """Fetch after fetch on one connection, the prepared queries read the batch registered now: the same
+    items, in the same order, as each query's SQL run on a fresh connection."""
+    repo = events_repo("writer-unused", partitions=3)
+    source = repo.sources["events"]
+    assert isinstance(source, StreamSource)
+    keys = KeyLayout("p")
+    plan, reference = SourcePlan(source, repo.views_of(source), keys), _Unprepared(source, repo.views_of(source), keys)
+    con = duckdb.connect()
+    for n, fetch in enumerate(fetches):
+        tables: list[pa.Table] = []
+        got: dict[int, PartitionBatch] = {}
+        want: dict[int, PartitionBatch] = {}
+        for partition in sorted({p for p, _ in fetch}):
+            c = _classified([e for p, e in fetch if p == partition], 100 * n)
+            tables.append(applied_table(source, c, list(range(len(c.offsets))), partition, n))
+            for out in (got, want):
+                out[partition] = PartitionBatch(offset_key="o", expected_offset=0, first_offset=0, last_offset=0,
+                                                watermark=0, layouts=plan.layouts)
+        table = pa.concat_tables(tables)
+        plan.writes_many(con, table, got, 1_000 * n)
+        reference.writes_many(duckdb.connect(), table, want, 1_000 * n)
+        assert {p: (b.keys, b.items) for p, b in got.items()} == {p: (b.keys, b.items) for p, b in want.items()}
