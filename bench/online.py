@@ -35,7 +35,7 @@ warm probes (HMGET of markers + open tiles) and the cold whole-hash reads
 (HGETALL) - and `OnlineReader.read` in process (round trip + decoding), warm
 and cold; and `healthz_1`, `GET /healthz` on the same server through the same
 client and middleware: the HTTP floor under the latency targets. The client
-freezes and disables its own garbage collector during the load phases (it is
+freezes and disables its own garbage collector while it measures (it is
 not under test). Bounded: every phase has a fixed duration and request count cap.
 """
 
@@ -395,6 +395,9 @@ async def run(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
         # the HTTP floor: the same client, server and middleware on a route without I/O
         "healthz_1": [b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"],
     }
+    gc.collect()  # this process is the client, not under test: no collector pauses of its own in the figures
+    gc.freeze()
+    gc.disable()
     limits_1 = await raw_limits(redis_url, view, entities, args.raw_samples, 1)
     limits_100 = await raw_limits(redis_url, view, entities, max(args.raw_samples // 10, 1), 100)
     results: dict[str, Any] = {}
@@ -451,9 +454,6 @@ async def _load(args: argparse.Namespace, repo_file: Path, env: dict[str, str], 
                 users = [{"user_id": f"u{u}"} for u in range(chunk, min(chunk + 100, args.users))]
                 await conn.request(http_post("/v1/features", {"features": FEATURES_8, "entities": users}))
             conn.close()
-        gc.collect()  # the client is not under test: no collector pauses of its own in the measurements
-        gc.freeze()
-        gc.disable()
         for name, requests in bodies.items():
             single = "_100" not in name
             rate = args.rate if single else args.rate_100
@@ -467,8 +467,6 @@ async def _load(args: argparse.Namespace, repo_file: Path, env: dict[str, str], 
             closed["rps_per_server_cpu_second"] = round(closed["requests"] / max(cpu_closed, 1e-9), 1)
             results[name] = {"open_loop": opened, "closed_loop": closed}
     finally:
-        gc.enable()
-        gc.unfreeze()
         child.terminate()
         try:
             child.wait(timeout=10)
