@@ -37,6 +37,7 @@ class WorkerOptions:
     prefix: str = "fs"
     metrics_port: int = 0  # 0: no HTTP endpoint
     max_records: int = 20_000
+    min_fetch_interval_ms: int = 40
     log_max_rows: int = 100_000
     log_max_age_s: float = 5.0
 
@@ -51,7 +52,8 @@ def materializer_config(settings: Settings, options: WorkerOptions) -> Materiali
         group_id=options.group_id, prefix=options.prefix,
         session_timeout_ms=int(settings.kafka_session_timeout_s * 1000),
         heartbeat_interval_ms=int(settings.kafka_heartbeat_s * 1000), max_records=options.max_records,
-        log_max_rows=options.log_max_rows, log_max_age_s=options.log_max_age_s)
+        min_fetch_interval_ms=options.min_fetch_interval_ms, log_max_rows=options.log_max_rows,
+        log_max_age_s=options.log_max_age_s)
 
 
 class MaterializerService(Service):

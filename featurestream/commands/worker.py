@@ -34,6 +34,8 @@ def worker(
         typer.Option(envvar="FEATURESTREAM_WORKER_METRICS_PORT", help="Serve Prometheus /metrics on this port."),
     ] = None,
     max_records: Annotated[int, typer.Option(help="Records per fetch (micro-batches across partitions).")] = 20_000,
+    fetch_interval_ms: Annotated[int, typer.Option(
+        help="Least milliseconds between fetches: lower is fresher at low rates but costs CPU.")] = 40,
     log_roll_rows: Annotated[int, typer.Option(help="Roll an event-log file after this many rows.")] = 100_000,
     log_roll_seconds: Annotated[float, typer.Option(help="Roll an event-log file after this many seconds.")] = 5.0,
 ) -> None:
@@ -54,6 +56,7 @@ def worker(
     live = load_live_repo(settings, repo)
     options = WorkerOptions(group_id=settings.worker_group, prefix=settings.online_prefix,
                             metrics_port=settings.worker_metrics_port or 0, max_records=max_records,
-                            log_max_rows=log_roll_rows, log_max_age_s=log_roll_seconds)
+                            min_fetch_interval_ms=fetch_interval_ms, log_max_rows=log_roll_rows,
+                            log_max_age_s=log_roll_seconds)
     app = create_app(settings, live, options)
     faust.Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import random
 from pathlib import Path
 from typing import Any
@@ -102,3 +104,27 @@ async def test_stream_into_redis_equals_oracle_and_batch_path(settings: Settings
                 for name, value in want.items():
                     assert oracle.close(from_batch[name], value), f"{context} {name}: batch {from_batch[name]!r}"
                 index += 1
+
+
+async def test_fetches_start_at_least_the_fetch_interval_apart(settings: Settings, unique: str) -> None:
+    """Small fetches cost about what large ones do, so the worker paces them (`min_fetch_interval_ms`)."""
+    materializer = Materializer(config(settings, unique, min_fetch_interval_ms=300), events_repo(f"pace-{unique}"))
+    await materializer.start()
+    consumer = materializer._consumer
+    assert consumer is not None
+    fetch = consumer.getmany
+    starts: list[float] = []
+
+    async def timed(*args: Any, **kwargs: Any) -> Any:  # the real fetch, its start time noted
+        starts.append(asyncio.get_running_loop().time())
+        return await fetch(*args, **kwargs)
+
+    consumer.getmany = timed  # type: ignore[method-assign]
+    task = asyncio.create_task(materializer.run())
+    await asyncio.sleep(2.0)
+    materializer.request_stop()
+    await task
+    await materializer.stop()
+    gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
+    assert len(starts) >= 4, starts
+    assert min(gaps) >= 0.295, gaps
