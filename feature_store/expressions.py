@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ast
 import math
+import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -245,6 +246,8 @@ def _has_str(node: ast.Compare) -> bool:
 
 Env = Mapping[str, Any]
 Compiled = Callable[[Env], Any]
+_ARITHMETIC: dict[type, Callable[[float, float], float]] = {ast.Add: operator.add, ast.Sub: operator.sub,
+                                                            ast.Mult: operator.mul}
 
 
 def _compile(node: ast.expr) -> Compiled:
@@ -280,17 +283,16 @@ def _compile(node: ast.expr) -> Compiled:
 
 
 def _compile_arithmetic(op: ast.operator, left: Compiled, right: Compiled) -> Compiled:
+    if isinstance(op, ast.Div):
+        def divide(env: Env) -> float | None:
+            a, b = _num(left(env)), _num(right(env))
+            return None if a is None or b is None or b == 0 else a / b
+        return divide
+    apply = _ARITHMETIC[type(op)]
+
     def arithmetic(env: Env) -> float | None:
         a, b = _num(left(env)), _num(right(env))
-        if a is None or b is None:
-            return None
-        if isinstance(op, ast.Add):
-            return a + b
-        if isinstance(op, ast.Sub):
-            return a - b
-        if isinstance(op, ast.Mult):
-            return a * b
-        return None if b == 0 else a / b
+        return None if a is None or b is None else apply(a, b)
     return arithmetic
 
 

@@ -319,9 +319,10 @@ class Materializer:
         """
         started = time.perf_counter()
         selected = [(tp, *picked) for tp, records in batches.items() if (picked := self._select(tp, records))]
-        checked = self._validate([(part, records) for _, part, records in selected])
-        staged = [self._stage(tp, part, records, started, check)
-                  for (tp, part, records), check in zip(selected, checked, strict=True)]
+        values = [[r.value for r in records] for _, _, records in selected]
+        checked = self._validate([part for _, part, _ in selected], values)
+        staged = [self._stage(tp, part, records, group, started, check)
+                  for (tp, part, records), group, check in zip(selected, values, checked, strict=True)]
         ingest = now_ms()  # the tie of every event applied from this fetch
         by_source: dict[str, list[_Prepared]] = {}
         for p in staged:
@@ -377,29 +378,27 @@ class Materializer:
         return part, records
 
     @staticmethod
-    def _validate(selected: Sequence[tuple[_Partition, Sequence[Any]]]) -> list[TableValidation]:
-        """Validate the selected records, the partitions of one source together.
+    def _validate(parts: Sequence[_Partition], values: Sequence[list[bytes | None]]) -> list[TableValidation]:
+        """Validate each partition's record values, the partitions of one source together.
 
         The columnar validation's cost is mostly fixed (~1.4 ms a call), so one
         call per source per fetch instead of one per partition.
         """
         by_source: dict[str, list[int]] = {}
-        for i, (part, _) in enumerate(selected):
+        for i, part in enumerate(parts):
             by_source.setdefault(part.source.source.topic, []).append(i)
-        checked: list[TableValidation | None] = [None] * len(selected)
+        checked: dict[int, TableValidation] = {}
         for indexes in by_source.values():
-            schema = selected[indexes[0]][0].source.source.schema
-            groups = [[r.value for r in selected[i][1]] for i in indexes]
-            for i, result in zip(indexes, schema.validate_record_groups(groups), strict=True):
-                checked[i] = result
-        return [c for c in checked if c is not None]
+            schema = parts[indexes[0]].source.source.schema
+            results = schema.validate_record_groups([values[i] for i in indexes])
+            checked.update(zip(indexes, results, strict=True))
+        return [checked[i] for i in range(len(parts))]
 
-    def _stage(self, tp: TopicPartition, part: _Partition, records: Sequence[Any], started: float,
-               checked: TableValidation) -> _Prepared:
+    def _stage(self, tp: TopicPartition, part: _Partition, records: Sequence[Any], values: list[bytes | None],
+               started: float, checked: TableValidation) -> _Prepared:
         """Classify one partition batch and find its Redis and log parts (no I/O, no writes yet)."""
         src = part.source
-        c = classify(src.source, [r.value for r in records], [r.offset for r in records], part.watermark, now_ms(),
-                     checked)
+        c = classify(src.source, values, [r.offset for r in records], part.watermark, now_ms(), checked)
         redis_from = _first_above(c.offsets, part.redis_offset)
         logged = src.log.position(part.partition)
         log_from = _first_above(c.offsets, NO_OFFSET if logged is None else logged.offset)
