@@ -12,8 +12,10 @@ stack (redis-server + Tansu). Prints one JSON object:
   topic in the same run (the physical limit), as a ratio;
 - freshness: a producer process publishes at each `--rate` events/s with
   event time = wall clock while the worker runs; freshness = Redis write time
-  minus event time, p50/p99 over every applied event; next to it, the same
-  producer read by a bare aiokafka consumer (produce -> consume latency).
+  (Redis's clock when the batch's script committed: the value is readable
+  from then on) minus event time, p50/p99 over every applied event; next to
+  it, the same producer read by a bare aiokafka consumer (produce -> consume
+  latency).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The high-volume feature materializer: an aiokafka batch consumer with exactly-once effect in Redis.
 
-Per fetch (`getmany(max_records=...)`): validate the records of each
+Per batch (the records drained from the consumer over one pacing interval;
+`_prepare_all` runs on a thread): validate the records of each
 source's partitions together (one columnar parse), then per partition batch:
 classify (future, late; `streams.batch`), dead-letter the bad ones, compute
 tile stats and latest rows with DuckDB (`streams.views`, one pass per source),
@@ -23,6 +24,7 @@ import gc
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,10 +70,11 @@ class MaterializerConfig:
     max_records: int = 20_000  # per fetch, across partitions: a backlog then feeds every partition at once
     poll_timeout_ms: int = 100
     fetch_max_wait_ms: int = 20  # how long the broker may hold a fetch for data: freshness floor
-    # a fetch at most this often: a fetch of 10 events costs about what one of 500 does (~15 ms of CPU,
-    # mostly DuckDB setting up each aggregate), so back-to-back small fetches kept a core busy at any rate;
+    # a batch at most this often: a batch of 10 events costs about what one of 500 does (~15 ms of CPU,
+    # mostly DuckDB setting up each aggregate), so back-to-back small batches kept a core busy at any rate;
     # pacing halved the worker's CPU at 500-2k events/s and cut the p99 at 10k/s (~260 -> ~140 ms, median
-    # of 4 interleaved runs of bench/stream.py) for ~30 ms more median freshness at low rates
+    # of 4 interleaved runs of bench/stream.py) for ~30 ms more median freshness at low rates. 25 ms cost
+    # 30% more CPU at 10k/s for no better p99
     min_fetch_interval_ms: int = 40
     log_max_rows: int = 100_000
     log_max_age_s: float = 5.0
@@ -141,6 +144,7 @@ class Materializer:
         # one thread: batches are small, and the other core is Redis's (running the scripts of the previous
         # fetch); DuckDB's pool cost ~5% more CPU per event here and only helps when a core is idle
         self._con.execute("SET threads=1")
+        self._cpu: ThreadPoolExecutor | None = None  # runs `_prepare_all` off the loop, from start() to stop()
         self._redis: aioredis.Redis | None = None
         self._writer: OnlineWriter | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -168,6 +172,7 @@ class Materializer:
         )
         self._consumer.subscribe(self.topics, listener=_Listener(self))
         await self._consumer.start()
+        self._cpu = ThreadPoolExecutor(1, thread_name_prefix="featurestream-prepare")
         # what exists now lives as long as the worker: keep it out of full collections, which otherwise
         # walk every client, module and plan object each time (pauses of ~100 ms: freshness outliers)
         gc.collect()
@@ -192,6 +197,9 @@ class Materializer:
             for source in self._sources.values():
                 source.log.flush_all()
             self._parts.clear()
+        if self._cpu is not None:
+            self._cpu.shutdown()
+            self._cpu = None
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
@@ -211,23 +219,22 @@ class Materializer:
         partition's batches in offset order.
         """
         assert self._consumer is not None, "start() first"
-        loop = asyncio.get_running_loop()  # fetches start at least config.min_fetch_interval_ms apart
+        loop = asyncio.get_running_loop()  # batches start at least config.min_fetch_interval_ms apart
         last = loop.time()
         try:
             while not self._stopping.is_set():
-                pause = self.config.min_fetch_interval_ms / 1000 - (loop.time() - last)
-                if pause > 0:
-                    await asyncio.sleep(pause)
-                last = loop.time()
                 try:
-                    batches = await self._consumer.getmany(timeout_ms=self.config.poll_timeout_ms,
-                                                           max_records=self.config.max_records)
+                    batches = await self._collect(last + self.config.min_fetch_interval_ms / 1000)
                 except KafkaError as exc:
                     log.warning("fetch failed; retrying", error=type(exc).__name__)
                     await asyncio.sleep(0.5)
                     continue
+                last = loop.time()
                 async with self._lock:
-                    prepared = self._prepare_all(batches) if batches else []
+                    selected = [(tp, *picked) for tp, records in batches.items()
+                                if (picked := self._select(tp, records))]
+                    # off the loop: meanwhile the previous fetch's commit completes (its Redis replies, its log)
+                    prepared = await loop.run_in_executor(self._cpu, self._prepare_all, selected) if selected else []
                     await self._drain()
                     if prepared:
                         self._inflight = asyncio.ensure_future(self._commit_all(prepared))
@@ -238,6 +245,36 @@ class Materializer:
         finally:
             async with self._lock:
                 await self._drain()
+
+    async def _collect(self, until: float) -> dict[TopicPartition, list[Any]]:
+        """The records that arrive before `until` (loop time), drained as they come; then at least one.
+
+        aiokafka fetches a partition again only once its buffer is drained: a
+        buffer left to wait out the pacing interval held its events one
+        interval longer (p50 freshness ~75 ms at 10k events/s with a 40 ms
+        interval). Stops early at `max_records` (a backlog).
+        """
+        assert self._consumer is not None
+        loop = asyncio.get_running_loop()
+        collected: dict[TopicPartition, list[Any]] = {}
+        room = self.config.max_records
+        while room > 0 and not self._stopping.is_set():
+            wait_ms = int((until - loop.time()) * 1000)
+            if wait_ms <= 0:
+                if collected:
+                    break
+                wait_ms = self.config.poll_timeout_ms  # nothing yet: wait for the first records
+            got = await self._consumer.getmany(timeout_ms=wait_ms, max_records=room)
+            for tp, records in got.items():
+                held = collected.get(tp)
+                if held is None or records[0].offset <= held[-1].offset:  # new, or re-read after a seek
+                    collected[tp] = list(records)
+                else:
+                    held.extend(records)
+                room -= len(records)
+            if not got and loop.time() >= until:
+                break
+        return collected
 
     async def _drain(self) -> None:
         """Wait for the commits in flight (call with the lock held)."""
@@ -310,15 +347,17 @@ class Materializer:
         else:
             await asyncio.gather(*(self._commit(p) for p in prepared))
 
-    def _prepare_all(self, batches: dict[TopicPartition, Sequence[Any]]) -> list[_Prepared]:
-        """Classify each partition batch, then compute the online writes of all of them (no I/O).
+    def _prepare_all(self, selected: Sequence[tuple[TopicPartition, _Partition, Sequence[Any]]]) -> list[_Prepared]:
+        """Classify each partition batch (`_select`ed), then compute the online writes of all of them.
+
+        No I/O and no consumer calls: this runs on the worker's CPU thread while
+        the loop commits the previous fetch.
 
         Each partition's position moves past its batch now (the next fetch is
         prepared before this one is committed); a fenced batch marks its
         partition stale and the store's position replaces it.
         """
         started = time.perf_counter()
-        selected = [(tp, *picked) for tp, records in batches.items() if (picked := self._select(tp, records))]
         values = [[r.value for r in records] for _, _, records in selected]
         checked = self._validate([part for _, part, _ in selected], values)
         staged = [self._stage(tp, part, records, group, started, check)
@@ -416,9 +455,9 @@ class Materializer:
             return
         if p.batch is not None:
             await self._dead_letters(src.source, part.partition, c, p.records, p.redis_from)
-            if not await self._apply(p.tp, part, p.batch):
+            written = await self._apply(p.tp, part, p.batch)
+            if written is None:
                 return
-            written = now_ms()
             times = [c.event_times[i] for i in _applied_from(c, p.redis_from)]
             histogram = self.metrics.freshness.labels(src.source.name)
             for et in times[:: max(1, len(times) // 64)]:  # a sample is enough for the histogram
@@ -435,8 +474,9 @@ class Materializer:
                 self.metrics.events.labels(name, status).inc(counts[status])
         self.metrics.batch_latency.labels(name).observe(time.perf_counter() - p.started)
 
-    async def _apply(self, tp: TopicPartition, part: _Partition, batch: PartitionBatch) -> bool:
-        """One fenced script call, retried while Redis is down; False when the store refused it."""
+    async def _apply(self, tp: TopicPartition, part: _Partition, batch: PartitionBatch) -> int | None:
+        """One fenced script call, retried while Redis is down: when Redis applied it (its clock, epoch ms),
+        None when the store refused it."""
         assert self._writer is not None
         for attempt in range(1_000_000):
             try:
@@ -450,8 +490,8 @@ class Materializer:
         if not result.applied:
             part.stale = True
             await self._refence(tp, part)
-            return False
-        return True
+            return None
+        return result.written_ms
 
     def _reject_transform_failures(self, src: _Source, c: Classified, indexes: list[int], partition: int,
                                    tie: int) -> None:

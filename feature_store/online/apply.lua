@@ -12,7 +12,8 @@
 --                  latest: {2, 0, pexpire_ms, refresh, event_time, tie, seq, packed_value}
 --                pexpire_ms 0: no expiry; the TTL is set when refresh is 1 or the script creates the
 --                key/tile (the writer refreshes each key at most once per interval: PEXPIRE is costly)
--- Returns {'applied', last} or {'fenced', stored}.
+-- Returns {'applied', last, now_ms} (now_ms: the server clock when the batch became readable, for
+-- freshness) or {'fenced', stored}.
 --
 -- Every tile hash also holds two marker fields for readers that cache closed tiles
 -- (feature_store/online/tile_cache.py): '~t' the newest tile start ever written to the hash, and
@@ -144,4 +145,5 @@ for index, item in ipairs(cmsgpack.unpack(ARGV[6])) do
 end
 
 redis.call('HSET', KEYS[1], 'offset', ARGV[3], 'watermark', ARGV[4])
-return {'applied', ARGV[3]}
+local now = redis.call('TIME')
+return {'applied', ARGV[3], tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)}

@@ -99,6 +99,7 @@ class PartitionBatch:
 class ApplyResult:
     applied: bool
     stored_offset: int  # after the call: the batch's last offset, or what refused it
+    written_ms: int = 0  # Redis's clock when the batch became readable (epoch ms; 0 when refused): freshness
 
 
 def _check_ops(layout: TileLayout) -> list[str]:
@@ -123,10 +124,11 @@ class OnlineWriter:
         args = [batch.expected_offset, batch.first_offset, batch.last_offset, batch.watermark, ops,
                 msgpack.packb(batch.items, use_bin_type=False)]  # cmsgpack reads no bin type: bytes go as raw
         try:
-            status, stored = await self._evalsha(keys, args)
+            status, stored, *written = await self._evalsha(keys, args)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise OnlineStoreUnavailable(f"Redis is unreachable ({type(exc).__name__}); the batch is retried") from None
-        return ApplyResult(applied=status in (b"applied", "applied"), stored_offset=int(stored))
+        return ApplyResult(applied=status in (b"applied", "applied"), stored_offset=int(stored),
+                           written_ms=int(written[0]) if written else 0)
 
     async def _evalsha(self, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA packed by hiredis (redis-py's encoding cost ~4 us per key), loading the script once when

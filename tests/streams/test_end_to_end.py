@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pyarrow as pa
 import redis.asyncio as aioredis
 
@@ -106,25 +108,45 @@ async def test_stream_into_redis_equals_oracle_and_batch_path(settings: Settings
                 index += 1
 
 
-async def test_fetches_start_at_least_the_fetch_interval_apart(settings: Settings, unique: str) -> None:
-    """Small fetches cost about what large ones do, so the worker paces them (`min_fetch_interval_ms`)."""
-    materializer = Materializer(config(settings, unique, min_fetch_interval_ms=300), events_repo(f"pace-{unique}"))
+async def test_batches_are_paced_and_hold_the_events_that_arrived_meanwhile(settings: Settings, unique: str) -> None:
+    """Small fetches cost about what large ones do, so the worker processes at most one batch per
+    `min_fetch_interval_ms`; it drains the consumer meanwhile, so a batch holds the events published up to
+    its start (a buffer left to wait out the interval held them one interval longer)."""
+    interval_s = 0.3
+    repo = events_repo(f"pace-{unique}")
+    materializer = Materializer(config(settings, unique, min_fetch_interval_ms=int(interval_s * 1000)), repo)
+    prepare = materializer._prepare_all
+    batches: list[tuple[float, int]] = []  # (wall clock ms the batch started, newest event's publish time ms)
+
+    def timed(selected: Any) -> Any:  # the real step, its start and its newest event noted
+        newest = max(int(orjson.loads(r.value)["id"]) for _, _, records in selected for r in records)
+        batches.append((time.time() * 1000, newest))
+        return prepare(selected)
+
+    materializer._prepare_all = timed  # type: ignore[method-assign]
     await materializer.start()
-    consumer = materializer._consumer
-    assert consumer is not None
-    fetch = consumer.getmany
-    starts: list[float] = []
-
-    async def timed(*args: Any, **kwargs: Any) -> Any:  # the real fetch, its start time noted
-        starts.append(asyncio.get_running_loop().time())
-        return await fetch(*args, **kwargs)
-
-    consumer.getmany = timed  # type: ignore[method-assign]
     task = asyncio.create_task(materializer.run())
-    await asyncio.sleep(2.0)
+    while not materializer._parts:  # the group is joined
+        await asyncio.sleep(0.05)
+    published = 0
+    async with EventPublisher(settings, repo, linger_ms=0) as publisher:
+        for _ in range(100):  # an event every 20 ms for 2 s, its publish time as its id
+            now = time.time_ns() // 1_000_000
+            event = {"id": str(now), "user": f"u{published % 5}", "shop": "s1", "amount": 1.0, "label": None,
+                     "ts": now}
+            assert (await publisher.publish_many("events", [event])).ok
+            published += 1
+            await asyncio.sleep(0.02)
+    deadline = time.monotonic() + 10
+    while consumed(materializer, "events") < published and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
     materializer.request_stop()
     await task
     await materializer.stop()
+    assert consumed(materializer, "events") == published
+    starts = [started for started, _ in batches]
     gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
-    assert len(starts) >= 4, starts
-    assert min(gaps) >= 0.295, gaps
+    assert len(batches) >= 4, batches
+    assert min(gaps) >= interval_s * 1000 - 5, gaps
+    lags = sorted(started - newest for started, newest in batches)
+    assert lags[len(lags) // 2] < interval_s * 1000 / 2, lags

@@ -12,9 +12,11 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from feature_store.aggregates import event_stats, merge
 from feature_store.definitions import StreamSource
 from feature_store.durations import to_ms
 from feature_store.online import KeyLayout, OnlineReader
+from feature_store.online.codec import pack_stats, unpack_stats
 from feature_store.online.writer import NO_OFFSET, OnlineWriter, PartitionBatch
 from feature_store.repo import FeatureRepo
 from streams.batch import APPLIED, Classified, applied_table
@@ -133,9 +135,16 @@ async def test_the_script_is_loaded_again_when_redis_forgot_it(redis_client: aio
     batch = PartitionBatch(offset_key=KeyLayout("s").offset_key(SOURCE, 0), expected_offset=1, first_offset=2,
                            last_offset=3, watermark=c.watermark, layouts=plan.layouts)
     plan.writes(duckdb.connect(), applied_table(SOURCE, c, [0, 1], 0, 9), 0, batch, 1_000)
+    before = await _server_ms(redis_client)
     result = await OnlineWriter(redis_client).apply(batch)
     assert (result.applied, result.stored_offset) == (True, 3)
+    assert before <= result.written_ms <= await _server_ms(redis_client)  # when Redis applied it: freshness
     assert await redis_client.script_exists(sha) == [True]
+
+
+async def _server_ms(redis_client: aioredis.Redis) -> int:
+    seconds, micros = await redis_client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
 
 
 async def test_keys_get_ttls_and_old_tiles_are_dropped(redis_client: aioredis.Redis) -> None:
@@ -188,3 +197,38 @@ def test_prepared_writes_equal_the_plain_queries(fetches: list[list[tuple[int, d
         plan.writes_many(con, table, got, 1_000 * n)
         reference.writes_many(duckdb.connect(), table, want, 1_000 * n)
         assert {p: (b.keys, b.items) for p, b in got.items()} == {p: (b.keys, b.items) for p, b in want.items()}
+
+
+async def test_an_item_of_thousands_of_tiles_with_a_repeated_tile_merges_every_one(
+        redis_client: aioredis.Redis) -> None:
+    """A backlog batch can carry thousands of tiles of one entity; a tile named twice merges both parts."""
+    layout = SourcePlan(SOURCE, REPO.views_of(SOURCE), KeyLayout("big")).layouts[0]
+    hop = layout.hop_ms
+    key = "big:v1:{events:0}:spend.h:u1"
+    offset_key = KeyLayout("big").offset_key(SOURCE, 0)
+
+    def stats(i: int, amount: float) -> list[Any]:
+        return event_stats(layout, {"amount": amount, "label": "a", "big": 0}, event_time=START + i * hop,
+                           tie=1, seq=i)
+
+    writer = OnlineWriter(redis_client)
+    first = PartitionBatch(offset_key=offset_key, expected_offset=NO_OFFSET, first_offset=0, last_offset=0,
+                           watermark=START, layouts=[layout])
+    first.add_tiles(key, 0, 0, 10**12, 0, False,
+                    [(START + i * hop, pack_stats(stats(i, 1.0))) for i in range(0, 4_500, 2)])
+    assert (await writer.apply(first)).applied
+    tiles = [(START + i * hop, pack_stats(stats(i, 2.0))) for i in range(4_500)]
+    tiles.append((START, pack_stats(stats(0, 5.0))))  # tile 0 again
+    second = PartitionBatch(offset_key=offset_key, expected_offset=0, first_offset=1, last_offset=1,
+                            watermark=START, layouts=[layout])
+    second.add_tiles(key, 0, 0, 10**12, 0, False, tiles)
+    assert (await writer.apply(second)).applied
+    stored = await redis_client.hgetall(key)
+    for i in range(4_500):
+        want = stats(i, 2.0)
+        if i % 2 == 0:
+            want = merge(layout, stats(i, 1.0), want)
+        if i == 0:
+            want = merge(layout, want, stats(0, 5.0))
+        assert unpack_stats(stored[str(START + i * hop).encode()]) == want, i
+    assert int(stored[b"~t"]) == START + 4_499 * hop
