@@ -37,6 +37,12 @@ and cold; and `healthz_1`, `GET /healthz` on the same server through the same
 client and middleware: the HTTP floor under the latency targets. The client
 freezes and disables its own garbage collector while it measures (it is
 not under test). Bounded: every phase has a fixed duration and request count cap.
+
+CPU placement (`--pin`, the default on 2+ cores): the server process runs on
+the last core, this client and redis-server on the others, so the load
+generator does not preempt the server it measures (on this 2-core VM two
+busy processes alone see 1-6 ms scheduler gaps, about 16 per 5 s, enough to
+move a 1,000 req/s p99). `--no-pin` lets the OS place them.
 """
 
 from __future__ import annotations
@@ -248,6 +254,7 @@ async def open_loop(port: int, requests: list[bytes], rate: float, seconds: floa
     for c in conns:
         free.put_nowait(c)
     latencies: list[float] = []
+    sent_at: list[float] = []  # seconds into the run, per latency: shows whether the tail is one stall
     slack: list[float] = []
     errors = 0
     count = int(rate * seconds)
@@ -267,6 +274,7 @@ async def open_loop(port: int, requests: list[bytes], rate: float, seconds: floa
         finally:
             free.put_nowait(conn)
         latencies.append(clock() - start)
+        sent_at.append(start - begin)
 
     tasks = []
     for i in range(count):
@@ -280,7 +288,9 @@ async def open_loop(port: int, requests: list[bytes], rate: float, seconds: floa
         c.close()
     timer = _stats(slack)
     return {"target_rps": rate, "achieved_rps": round(count / elapsed, 1), "requests": count, "errors": errors,
-            **_stats(latencies), "timer_slack": {"p50_ms": timer["p50_ms"], "p99_ms": timer["p99_ms"]}}
+            **_stats(latencies), "timer_slack": {"p50_ms": timer["p50_ms"], "p99_ms": timer["p99_ms"]},
+            "worst_ms_at_s": [[round(lat * 1000, 2), round(at, 3)]
+                              for lat, at in sorted(zip(latencies, sent_at, strict=True), reverse=True)[:8]]}
 
 
 async def closed_loop(port: int, requests: list[bytes], seconds: float, concurrency: int) -> dict[str, Any]:
@@ -333,9 +343,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def serve_child(port: int, repo_file: str, cache_keys: int) -> None:
+def serve_child(port: int, repo_file: str, cache_keys: int, core: int) -> None:
     """Runs in the subprocess: the app exactly as `featurestream serve` builds it (cache size aside)."""
     import uvicorn
+
+    if core >= 0:
+        os.sched_setaffinity(0, {core})
 
     from feature_store.settings import load_settings
     from serving import ServingConfig, create_app
@@ -442,8 +455,9 @@ async def _load(args: argparse.Namespace, repo_file: Path, env: dict[str, str], 
                 bodies: dict[str, list[bytes]], results: dict[str, Any]) -> None:
     """Start a server (cache of `cache_keys` keys), warm it up, run each scenario open then closed loop."""
     port = _free_port()
-    child = subprocess.Popen([sys.executable, __file__, "--serve-child", str(port), str(repo_file), str(cache_keys)],
-                             env=env, cwd=str(ROOT), stdout=sys.stderr)
+    core = _server_core() if args.pin else -1
+    child = subprocess.Popen([sys.executable, __file__, "--serve-child", str(port), str(repo_file), str(cache_keys),
+                              str(core)], env=env, cwd=str(ROOT), stdout=sys.stderr)
     try:
         await _wait_http(port)
         for name in bodies:  # warm up: model load, query cache, connections
@@ -475,6 +489,20 @@ async def _load(args: argparse.Namespace, repo_file: Path, env: dict[str, str], 
             child.wait()
 
 
+def _server_core() -> int:
+    """The core the server gets to itself: the last one this process may use."""
+    return max(os.sched_getaffinity(0))
+
+
+def _pin_load(pids: list[int]) -> dict[str, list[int]]:
+    """Keep this client and `pids` (redis-server) off the server's core."""
+    server = _server_core()
+    rest = sorted(os.sched_getaffinity(0) - {server})
+    for pid in [0, *pids]:
+        os.sched_setaffinity(pid, rest)
+    return {"server": [server], "client_and_redis": rest}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=1000.0, help="open-loop req/s for 1 entity")
@@ -485,19 +513,26 @@ def main() -> None:
     parser.add_argument("--events-per-user", type=int, default=30)
     parser.add_argument("--raw-samples", type=int, default=2000, help="raw limit samples (1 entity; 100: a tenth)")
     parser.add_argument("--only", nargs="*", help="run only these scenarios (e.g. features_1 features_100_cold)")
-    parser.add_argument("--serve-child", nargs=3, metavar=("PORT", "REPO", "CACHE_KEYS"), help=argparse.SUPPRESS)
+    parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=len(os.sched_getaffinity(0)) > 1,
+                        help="server on a core of its own, client and redis-server on the others")
+    parser.add_argument("--serve-child", nargs=4, metavar=("PORT", "REPO", "CACHE_KEYS", "CORE"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_child:
-        serve_child(int(args.serve_child[0]), args.serve_child[1], int(args.serve_child[2]))
+        port, repo, cache_keys, core = args.serve_child
+        serve_child(int(port), repo, int(cache_keys), int(core))
         return
     given = os.environ.get("FEATURESTREAM_REDIS")
     if given:
+        placement = _pin_load([]) if args.pin else None  # a given Redis is placed by whoever runs it
         report = asyncio.run(run(args, given))
     else:
         from feature_store.local_stack import LocalStack
 
         with LocalStack(services=("redis",)) as stack:
+            placement = _pin_load(list(stack.pids().values())) if args.pin else None
             report = asyncio.run(run(args, stack.redis_url))
+    report["machine"]["cpu_placement"] = placement or "unpinned (the OS places client, server and redis-server)"
     print(json.dumps(report, indent=2))
 
 
