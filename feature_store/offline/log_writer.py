@@ -157,7 +157,9 @@ class EventLogWriter:
                 future.result()
 
     def _write(self, partition: int, buffer: _Buffer) -> Path | None:
-        table = pa.concat_tables(buffer.tables)
+        # one chunk: Parquet encodes hundreds of small batch chunks at about twice the CPU (8 vs 14-19 ms for
+        # 12k rows in 300 chunks), CPU the worker's batch thread and loop would wait for
+        table = pa.concat_tables(buffer.tables).combine_chunks()
         self._dir.mkdir(parents=True, exist_ok=True)
         with self._lock(partition):
             durable = self.durable(partition)
