@@ -1,7 +1,7 @@
 """The high-volume feature materializer: an aiokafka batch consumer with exactly-once effect in Redis.
 
-Per batch (the records drained from the consumer over one pacing interval;
-`_prepare_all` runs on a thread): validate the records of each
+Per batch (the records `Intake` drained from the consumer over one pacing
+interval; `_prepare_all` runs on a thread): validate the records of each
 source's partitions together (one columnar parse), then per partition batch:
 classify (future, late; `streams.batch`), dead-letter the bad ones, compute
 tile stats and latest rows with DuckDB (`streams.views`, one pass per source),
@@ -48,6 +48,7 @@ from schemas import now_ms
 from schemas.event_schema import TableValidation
 from streams.batch import APPLIED, INVALID, LATE, Classified, applied_table, classify, log_schema, log_table
 from streams.dlq import dead_letter_headers
+from streams.intake import Intake
 from streams.metrics import WorkerMetrics
 from streams.views import SourcePlan, TransformFailed
 
@@ -67,7 +68,7 @@ class MaterializerConfig:
     prefix: str = "fs"
     session_timeout_ms: int = 6_000
     heartbeat_interval_ms: int = 1_000
-    max_records: int = 20_000  # per fetch, across partitions: a backlog then feeds every partition at once
+    max_records: int = 20_000  # per batch, across partitions: a backlog then feeds every partition at once
     poll_timeout_ms: int = 100
     fetch_max_wait_ms: int = 20  # how long the broker may hold a fetch for data: freshness floor
     # a batch at most this often: a batch of 10 events costs about what one of 500 does (~15 ms of CPU,
@@ -148,6 +149,7 @@ class Materializer:
         self._redis: aioredis.Redis | None = None
         self._writer: OnlineWriter | None = None
         self._consumer: AIOKafkaConsumer | None = None
+        self._intake: Intake | None = None  # drains the consumer into the next batch, from start() to stop()
         self._producer: AIOKafkaProducer | None = None
 
     @property
@@ -172,6 +174,8 @@ class Materializer:
         )
         self._consumer.subscribe(self.topics, listener=_Listener(self))
         await self._consumer.start()
+        self._intake = Intake(self._consumer, max_records=c.max_records, poll_timeout_ms=c.poll_timeout_ms)
+        self._intake.start()
         self._cpu = ThreadPoolExecutor(1, thread_name_prefix="featurestream-prepare")
         # what exists now lives as long as the worker: keep it out of full collections, which otherwise
         # walk every client, module and plan object each time (pauses of ~100 ms: freshness outliers)
@@ -200,6 +204,9 @@ class Materializer:
         if self._cpu is not None:
             self._cpu.shutdown()
             self._cpu = None
+        if self._intake is not None:
+            await self._intake.stop()
+            self._intake = None
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
@@ -221,14 +228,10 @@ class Materializer:
         assert self._consumer is not None, "start() first"
         loop = asyncio.get_running_loop()  # batches start at least config.min_fetch_interval_ms apart
         last = loop.time()
+        assert self._intake is not None
         try:
             while not self._stopping.is_set():
-                try:
-                    batches = await self._collect(last + self.config.min_fetch_interval_ms / 1000)
-                except KafkaError as exc:
-                    log.warning("fetch failed; retrying", error=type(exc).__name__)
-                    await asyncio.sleep(0.5)
-                    continue
+                batches = await self._intake.take(last + self.config.min_fetch_interval_ms / 1000)
                 last = loop.time()
                 async with self._lock:
                     selected = [(tp, *picked) for tp, records in batches.items()
@@ -245,36 +248,6 @@ class Materializer:
         finally:
             async with self._lock:
                 await self._drain()
-
-    async def _collect(self, until: float) -> dict[TopicPartition, list[Any]]:
-        """The records that arrive before `until` (loop time), drained as they come; then at least one.
-
-        aiokafka fetches a partition again only once its buffer is drained: a
-        buffer left to wait out the pacing interval held its events one
-        interval longer (p50 freshness ~75 ms at 10k events/s with a 40 ms
-        interval). Stops early at `max_records` (a backlog).
-        """
-        assert self._consumer is not None
-        loop = asyncio.get_running_loop()
-        collected: dict[TopicPartition, list[Any]] = {}
-        room = self.config.max_records
-        while room > 0 and not self._stopping.is_set():
-            wait_ms = int((until - loop.time()) * 1000)
-            if wait_ms <= 0:
-                if collected:
-                    break
-                wait_ms = self.config.poll_timeout_ms  # nothing yet: wait for the first records
-            got = await self._consumer.getmany(timeout_ms=wait_ms, max_records=room)
-            for tp, records in got.items():
-                held = collected.get(tp)
-                if held is None or records[0].offset <= held[-1].offset:  # new, or re-read after a seek
-                    collected[tp] = list(records)
-                else:
-                    held.extend(records)
-                room -= len(records)
-            if not got and loop.time() >= until:
-                break
-        return collected
 
     async def _drain(self) -> None:
         """Wait for the commits in flight (call with the lock held)."""
