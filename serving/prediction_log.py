@@ -37,7 +37,7 @@ class PredictionLog:
         self.partitions = partitions
         self.metrics = metrics
         self.retry_s = retry_s
-        self.queue: asyncio.Queue[tuple[bytes, bytes]] = asyncio.Queue(maxsize=max_buffered)
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=max_buffered)  # `record` values
         self.dropped = 0
         self.sent = 0
         self.connected = False
@@ -47,19 +47,28 @@ class PredictionLog:
     def record(self, *, request_id: str, model: str, model_version: int, served_at: int,
                entity_keys: Mapping[str, Any], features: Mapping[str, Any], prediction: float, fallback: bool,
                service: str) -> None:
-        """Queue one record; never blocks. Drops (and counts) when the buffer is full."""
+        """Queue one record; never blocks. Drops (and counts) when the buffer is full.
+
+        The mappings are kept as given (not copied) and encoded by the sending
+        task (`encode`): a 100-entity request spent ~1 ms of its own time on it.
+        """
         value = {
             "request_id": request_id, "model": model, "model_version": model_version, "served_at": served_at,
-            "entity_keys": orjson.dumps(dict(entity_keys)).decode(),
-            "features": orjson.dumps(dict(features), option=orjson.OPT_NON_STR_KEYS).decode(),
-            "prediction": float(prediction), "fallback": fallback, "service": service,
+            "entity_keys": entity_keys, "features": features, "prediction": float(prediction),
+            "fallback": fallback, "service": service,
         }
         try:
-            self.queue.put_nowait((request_id.encode(), orjson.dumps(value)))
+            self.queue.put_nowait(value)
         except asyncio.QueueFull:
             self.dropped += 1
             self.metrics.prediction_log_dropped.inc()
-        self.metrics.prediction_log_buffered.set(self.queue.qsize())
+
+    @staticmethod
+    def encode(value: dict[str, Any]) -> tuple[bytes, bytes]:
+        """A queued record as its Kafka (key, value): a `PREDICTION_LOG` record in JSON."""
+        record = {**value, "entity_keys": orjson.dumps(dict(value["entity_keys"])).decode(),
+                  "features": orjson.dumps(dict(value["features"]), option=orjson.OPT_NON_STR_KEYS).decode()}
+        return value["request_id"].encode(), orjson.dumps(record)
 
     @staticmethod
     def validate(record: bytes) -> dict[str, Any]:
@@ -123,11 +132,10 @@ class PredictionLog:
     async def _drain(self) -> None:
         producer = self._producer
         while True:
-            key, value = await self.queue.get()
-            batch = [(key, value)]
+            batch = [await self.queue.get()]
             while not self.queue.empty() and len(batch) < 500:
                 batch.append(self.queue.get_nowait())
-            futures = [await producer.send(self.topic, value=v, key=k) for k, v in batch]
+            futures = [await producer.send(self.topic, value=v, key=k) for k, v in map(self.encode, batch)]
             try:
                 await asyncio.gather(*futures)
             except Exception:

@@ -73,8 +73,9 @@ class Metrics:
         if oldest_age_ms is not None:
             children[1].observe(max(oldest_age_ms, 0) / 1000.0)
 
-    def count_prediction(self, model: str, version: int, fallback: bool) -> None:
-        self._child(self.predictions, model, str(version), "true" if fallback else "false").inc()
+    def count_predictions(self, model: str, version: int, fallback: bool, n: int) -> None:
+        if n:
+            self._child(self.predictions, model, str(version), "true" if fallback else "false").inc(n)
 
 
 Scope = MutableMapping[str, Any]

@@ -18,4 +18,5 @@ router = APIRouter(tags=["metrics"])
 @router.get("/metrics", response_class=Response)
 async def metrics(state: Annotated[ServingState, Depends(get_state)]) -> Response:
     """Request latency per route, Redis latency, feature freshness and missing rates, predictions."""
+    state.metrics.prediction_log_buffered.set(state.prediction_log.queue.qsize())  # read when scraped
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

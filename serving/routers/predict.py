@@ -121,6 +121,7 @@ async def predict(request: Request, model: str) -> Response:
     need = [i for i, r in enumerate(reasons) if r is not None]
     fallback_values = _fallback(state, chosen, [inputs[i] for i in need]) if need else []
     out = []
+    answered_by = [0, 0]  # predictions by the model, by the fallback
     for i, vector in enumerate(vectors):
         used_fallback = False
         if reasons[i] is not None:
@@ -129,7 +130,7 @@ async def predict(request: Request, model: str) -> Response:
             predictions[i] = value
         request_id = str(uuid.uuid4())
         if predictions[i] is not None:
-            state.metrics.count_prediction(model, chosen.version, used_fallback)
+            answered_by[used_fallback] += 1
             state.prediction_log.record(
                 request_id=request_id, model=model, model_version=chosen.version, served_at=t,
                 entity_keys=vector.entity, features=vector.inputs, prediction=predictions[i],  # type: ignore[arg-type]
@@ -138,6 +139,8 @@ async def predict(request: Request, model: str) -> Response:
         out.append({"request_id": request_id, "entity": vector.entity, "prediction": predictions[i],
                     "model_version": chosen.version, "fallback": used_fallback, "reason": reason,
                     "features": vector.inputs})
+    for used_fallback, n in enumerate(answered_by):
+        state.metrics.count_predictions(model, chosen.version, bool(used_fallback), n)
     body_out = {"model": model, "model_version": chosen.version, "predictions": out}
     return Response(orjson.dumps(body_out, option=orjson.OPT_NON_STR_KEYS), media_type="application/json")
 

@@ -15,6 +15,7 @@ from feature_store.models import ModelRegistry
 from feature_store.settings import Settings
 from schemas import PREDICTION_LOG
 from serving import ServingConfig, create_app
+from serving.prediction_log import PredictionLog
 from tests.serving.conftest import OnlineWriter, last, profile, spend
 
 pytestmark = pytest.mark.integration
@@ -61,8 +62,9 @@ def test_production_model_answers_and_is_logged(app: FastAPI, client: TestClient
     assert len(prediction["request_id"]) == 36
     queue = app.state.serving.prediction_log.queue
     assert queue.qsize() == 1
-    _key, value = queue.get_nowait()
+    key, value = PredictionLog.encode(queue.get_nowait())
     record = PREDICTION_LOG.validate(orjson.loads(value))
+    assert key == prediction["request_id"].encode()
     assert record["request_id"] == prediction["request_id"]
     assert record["model_version"] == 1
     assert orjson.loads(record["entity_keys"]) == {"user_id": "u1"}
