@@ -19,6 +19,7 @@ number of statements.
 from __future__ import annotations
 
 import itertools
+import operator
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,6 +49,9 @@ _REFRESH_CACHE = 1_000_000
 
 _STATEMENT_IDS = itertools.count()
 """Makes prepared statement names unique per plan (several plans share a connection)."""
+
+
+_BY_PARTITION_ENTITY_TILE = operator.itemgetter(0, 1, 2)
 
 
 class TransformFailed(Exception):  # internal signal, never escapes the worker
@@ -96,7 +100,7 @@ class SourcePlan:
                     hop = layout.hop_ms
                     sql = (f"SELECT __partition, {entity} AS __entity, __event_time - __event_time % {hop} "
                            f"AS __tile, {', '.join(stat_sql(layout))} FROM {rows} WHERE {entity} IS NOT NULL "
-                           f"GROUP BY 1, 2, 3 ORDER BY 1, 2, 3")
+                           f"GROUP BY 1, 2, 3")
                     # reads at t reach back window - hop from t's tile; events (hence tiles) may lead the
                     # clock by the future tolerance
                     keep = layout.max_window_ms + hop + source.future_tolerance_ms
@@ -227,6 +231,7 @@ class SourcePlan:
                         batches[partition].add_latest(key, pexpire, pexpire > 0 and self._refresh(key, bucket),
                                                       event_time, tie, seq, pack_latest(event_time, tie, seq, values))
                     continue
+                rows.sort(key=_BY_PARTITION_ENTITY_TILE)  # cheaper here than an ORDER BY in DuckDB (~0.25 ms)
                 self._tile_writes(index, item, rows, batches, bucket)
         finally:
             con.unregister(RELATION)

@@ -33,9 +33,9 @@ def worker(
         int | None,
         typer.Option(envvar="FEATURESTREAM_WORKER_METRICS_PORT", help="Serve Prometheus /metrics on this port."),
     ] = None,
-    max_records: Annotated[int, typer.Option(help="Records per fetch (micro-batches across partitions).")] = 20_000,
+    max_records: Annotated[int, typer.Option(help="Records per batch at most (across partitions).")] = 20_000,
     fetch_interval_ms: Annotated[int, typer.Option(
-        help="Least milliseconds between fetches: lower is fresher at low rates but costs CPU.")] = 40,
+        help="Least milliseconds between batches: lower is fresher at low rates but costs CPU.")] = 40,
     log_roll_rows: Annotated[int, typer.Option(help="Roll an event-log file after this many rows.")] = 100_000,
     log_roll_seconds: Annotated[float, typer.Option(help="Roll an event-log file after this many seconds.")] = 5.0,
 ) -> None:
