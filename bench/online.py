@@ -66,6 +66,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import speed_probe  # noqa: E402
 from feature_store.aggregates import SEQ_PARTITION_SHIFT, empty_stats, event_stats, merge, tile_layouts  # noqa: E402
 from feature_store.definitions import FeatureService, FeatureView  # noqa: E402
 from feature_store.online import KeyLayout, OnlineReader, pack_stats, partition_for  # noqa: E402
@@ -379,6 +380,7 @@ async def run(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
     from feature_store.repo import load_repo
     from feature_store.settings import load_settings
 
+    speed_before = speed_probe()
     tmp = Path(tempfile.mkdtemp(prefix="bench-online-"))
     repo_file = tmp / "features.py"
     repo_file.write_text(REPO_FILE)
@@ -433,7 +435,7 @@ async def run(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
         result["p99_vs_raw_redis_p99"] = round(result["open_loop"]["p99_ms"] / raw["p99_ms"], 2)
     return {
         "bench": "online",
-        "machine": {"cores": cores, "load_average_1m": os.getloadavg()[0],
+        "machine": {"cores": cores, "load_average_1m": os.getloadavg()[0], "speed_before": speed_before,
                     "note": "server: 1 uvicorn worker (at most one core); client in this process; "
                             "rps_per_server_cpu_second = saturation per core, independent of other load"},
         "state": {"users": args.users, "keys": written, "features": len(FEATURES_8),
@@ -532,6 +534,7 @@ def main() -> None:
         with LocalStack(services=("redis",)) as stack:
             placement = _pin_load(list(stack.pids().values())) if args.pin else None
             report = asyncio.run(run(args, stack.redis_url))
+    report["machine"]["speed_after"] = speed_probe()
     report["machine"]["cpu_placement"] = placement or "unpinned (the OS places client, server and redis-server)"
     print(json.dumps(report, indent=2))
 

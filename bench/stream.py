@@ -38,6 +38,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.machine import speed_probe
 from feature_store.examples.card_fraud.data import TransactionGenerator
 from feature_store.local_stack import LocalStack
 from feature_store.online.keys import entity_key_bytes
@@ -239,6 +240,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     with LocalStack(redis_url=redis_url, kafka_bootstrap=bootstrap) as stack, \
             tempfile.TemporaryDirectory(prefix="fs-bench-") as tmp:
         bootstrap, redis_url = stack.kafka_bootstrap, stack.redis_url
+        speed_before = speed_probe()
         data_dir = Path(tmp)
         repo = card_fraud_repo(f"bench-{uuid.uuid4().hex[:6]}")
         source = repo.sources["transactions"]
@@ -252,6 +254,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         return {
             "bench": "stream",
             "cpu_count": os.cpu_count(),
+            "machine_speed": {"before": speed_before, "after": speed_probe()},
             "events": args.events,
             "users": args.users,
             "merchants": args.merchants,
