@@ -225,13 +225,14 @@ class Materializer:
         fetch is committed (applied and logged), so Redis still sees each
         partition's batches in offset order.
         """
-        assert self._consumer is not None, "start() first"
+        assert self._intake is not None, "start() first"
         loop = asyncio.get_running_loop()  # batches start at least config.min_fetch_interval_ms apart
         last = loop.time()
-        assert self._intake is not None
         try:
             while not self._stopping.is_set():
                 batches = await self._intake.take(last + self.config.min_fetch_interval_ms / 1000)
+                if self._stopping.is_set():  # stop() may have closed the clients meanwhile
+                    break
                 last = loop.time()
                 async with self._lock:
                     selected = [(tp, *picked) for tp, records in batches.items()
