@@ -18,13 +18,13 @@ SCHEMA = log_schema(SOURCE)  # type: ignore[arg-type]
 INGEST = 1_767_225_600_000
 
 
-def _rows(partition: int, first: int, last: int) -> pa.Table:
+def _rows(partition: int, first: int, last: int, ingest: int = INGEST) -> pa.Table:
     n = last - first + 1
     columns = {f.name: pa.nulls(n, f.type) for f in SCHEMA}
     columns["id"] = pa.array([f"e{o}" for o in range(first, last + 1)])
     columns["__offset"] = pa.array(range(first, last + 1), pa.int64())
     columns["__partition"] = pa.array([partition] * n, pa.int32())
-    columns["__ingest_time"] = pa.array([INGEST] * n, pa.int64())
+    columns["__ingest_time"] = pa.array([ingest] * n, pa.int64())
     columns["__status"] = pa.array(["invalid"] * n)
     return pa.table([columns[f.name] for f in SCHEMA], schema=SCHEMA)
 
@@ -67,6 +67,30 @@ def test_a_zombie_writer_cannot_duplicate_rows(tmp_path: Path) -> None:
     owner.append(0, _rows(0, 20, 34), 34, 3)
     owner.flush(0)  # only 30..34 are new
     assert _logged(tmp_path) == list(range(35))
+
+
+def test_positions_and_zombies_span_day_folders(tmp_path: Path) -> None:
+    """Files are filed by ingest day; a reopened partition resumes after the newest day's file, and a roll
+    (which looks only from the newest known day on) still drops what a zombie logged on a later day."""
+    day = 86_400_000
+    first = EventLogWriter(tmp_path, "events", SCHEMA)
+    first.open_partition(0)
+    first.append(0, _rows(0, 0, 9, INGEST), 9, 1)
+    first.flush(0)
+    first.append(0, _rows(0, 10, 19, INGEST + day), 19, 2)
+    first.flush(0)
+    owner, zombie = EventLogWriter(tmp_path, "events", SCHEMA), EventLogWriter(tmp_path, "events", SCHEMA)
+    position = owner.open_partition(0)
+    assert position is not None
+    assert (position.offset, position.watermark) == (19, 2)
+    zombie.open_partition(0)
+    zombie.append(0, _rows(0, 20, 29, INGEST + 2 * day), 29, 3)
+    zombie.flush(0)
+    owner.append(0, _rows(0, 20, 39, INGEST + 2 * day), 39, 4)
+    owner.flush(0)  # only 30..39 are new
+    assert _logged(tmp_path) == list(range(40))
+    assert sorted(p.name for p in log_dir(tmp_path, "events").glob("date=*")) == [
+        "date=2026-01-01", "date=2026-01-02", "date=2026-01-03"]
 
 
 def test_buffers_roll_by_rows_and_by_age(tmp_path: Path) -> None:
