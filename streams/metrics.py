@@ -24,7 +24,8 @@ class WorkerMetrics:
                               "(already applied, or another worker owns the partition)", ["source"], registry=r)
         self.lag = Gauge("featurestream_worker_lag", "Fetch highwater minus the next offset to process",
                          ["source", "partition"], registry=r)
-        self.freshness = Histogram("featurestream_worker_freshness_seconds", "Redis write time minus event time",
+        self.freshness = Histogram("featurestream_worker_freshness_seconds",
+                                   "Redis write time (its clock at the batch's commit) minus event time",
                                    ["source"], buckets=_FRESHNESS_BUCKETS, registry=r)
         self.batch_latency = Histogram("featurestream_worker_batch_seconds", "Time to process one partition batch",
                                        ["source"], buckets=_BATCH_BUCKETS, registry=r)
