@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]  # no stubs
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc

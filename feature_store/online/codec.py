@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]  # no stubs
 
 __all__ = ["pack_latest", "pack_stats", "pack_stats_many", "unpack_latest", "unpack_stats"]
 

@@ -52,7 +52,7 @@ def entity_key_bytes(entity: str | int) -> bytes:
 
 def partition_for(entity: str | int, partitions: int) -> int:
     """The partition Kafka's default partitioner (murmur2) picks for this key."""
-    return (murmur2(entity_key_bytes(entity)) & 0x7FFFFFFF) % partitions
+    return int(murmur2(entity_key_bytes(entity)) & 0x7FFFFFFF) % partitions
 
 
 @dataclass(frozen=True)

@@ -139,8 +139,8 @@ async def predict(request: Request, model: str) -> Response:
         out.append({"request_id": request_id, "entity": vector.entity, "prediction": predictions[i],
                     "model_version": chosen.version, "fallback": used_fallback, "reason": reason,
                     "features": vector.inputs})
-    for used_fallback, n in enumerate(answered_by):
-        state.metrics.count_predictions(model, chosen.version, bool(used_fallback), n)
+    for by_fallback, n in enumerate(answered_by):
+        state.metrics.count_predictions(model, chosen.version, bool(by_fallback), n)
     body_out = {"model": model, "model_version": chosen.version, "predictions": out}
     return Response(orjson.dumps(body_out, option=orjson.OPT_NON_STR_KEYS), media_type="application/json")
 
