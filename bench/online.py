@@ -375,7 +375,7 @@ async def _wait_http(port: int, timeout_s: float = 30.0) -> None:
     raise RuntimeError("the API did not start")
 
 
-async def run(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
+async def run(args: argparse.Namespace, redis_url: str, kafka: str | None) -> dict[str, Any]:
     from feature_store.models import ModelRegistry
     from feature_store.repo import load_repo
     from feature_store.settings import load_settings
@@ -392,6 +392,8 @@ async def run(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
     env = {**os.environ, "FEATURESTREAM_REDIS": redis_url, "FEATURESTREAM_DATA_DIR": str(tmp / "data"),
            "FEATURESTREAM_REGISTRY": str(tmp / "registry.db"), "FEATURESTREAM_LOG_LEVEL": "WARNING"}
     env.pop("FEATURESTREAM_KAFKA", None)
+    if kafka:  # the prediction log sends every /v1/predict answer to this broker, as in production
+        env["FEATURESTREAM_KAFKA"] = kafka
     settings = load_settings(redis=redis_url, data_dir=tmp / "data", registry=tmp / "registry.db")
     models = ModelRegistry.from_settings(settings)
     models.register("bench", "if_(amount_ratio > 3, 0.9, 0.1) + user_spend__txn_count_1h / 1000", flavor="rule",
@@ -517,6 +519,9 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="run only these scenarios (e.g. features_1 features_100_cold)")
     parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=len(os.sched_getaffinity(0)) > 1,
                         help="server on a core of its own, client and redis-server on the others")
+    parser.add_argument("--prediction-log", action="store_true",
+                        help="connect the server's prediction log to a broker (FEATURESTREAM_KAFKA, else a local "
+                             "Tansu), so /v1/predict pays for sending its records as in production")
     parser.add_argument("--serve-child", nargs=4, metavar=("PORT", "REPO", "CACHE_KEYS", "CORE"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -525,15 +530,19 @@ def main() -> None:
         serve_child(int(port), repo, int(cache_keys), int(core))
         return
     given = os.environ.get("FEATURESTREAM_REDIS")
-    if given:
-        placement = _pin_load([]) if args.pin else None  # a given Redis is placed by whoever runs it
-        report = asyncio.run(run(args, given))
+    given_kafka = os.environ.get("FEATURESTREAM_KAFKA") if args.prediction_log else None
+    if given and (given_kafka or not args.prediction_log):
+        placement = _pin_load([]) if args.pin else None  # given services are placed by whoever runs them
+        report = asyncio.run(run(args, given, given_kafka))
     else:
         from feature_store.local_stack import LocalStack
 
-        with LocalStack(services=("redis",)) as stack:
+        services: tuple[Any, ...] = ("redis", "kafka") if args.prediction_log else ("redis",)
+        with LocalStack(services=services) as stack:
             placement = _pin_load(list(stack.pids().values())) if args.pin else None
-            report = asyncio.run(run(args, stack.redis_url))
+            report = asyncio.run(run(args, stack.redis_url, stack.kafka_bootstrap if args.prediction_log else None))
+    report["machine"]["prediction_log"] = ("every prediction sent to Kafka" if args.prediction_log else
+                                           "no broker: records are queued (10,000 at most), then dropped")
     report["machine"]["speed_after"] = speed_probe()
     report["machine"]["cpu_placement"] = placement or "unpinned (the OS places client, server and redis-server)"
     print(json.dumps(report, indent=2))

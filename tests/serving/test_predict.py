@@ -149,11 +149,14 @@ def test_predictions_reach_the_kafka_topic(serving_settings: Settings, repo: Any
     with TestClient(app) as client:
         ids = [client.post("/v1/predict/k", json={"entities": [{"user_id": f"u{i}"}]}).json()["predictions"][0][
             "request_id"] for i in range(3)]
+        # 1,000 at once: more than one producer batch holds (256 KB), so the log sends several
+        many = client.post("/v1/predict/k", json={"entities": [{"user_id": f"v{i}"} for i in range(1000)]}).json()
+        ids += [p["request_id"] for p in many["predictions"]]
         deadline = time.monotonic() + 20
-        while app.state.serving.prediction_log.sent < 3 and time.monotonic() < deadline:
+        while app.state.serving.prediction_log.sent < len(ids) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert app.state.serving.prediction_log.sent == 3
-    records = asyncio.run(_consume(kafka_bootstrap, topic, 3))
+        assert app.state.serving.prediction_log.sent == len(ids) == 1003
+    records = asyncio.run(_consume(kafka_bootstrap, topic, len(ids)))
     assert sorted(r["request_id"] for r in records) == sorted(ids)
     assert all(r["prediction"] == 0.75 and r["model"] == "k" for r in records)
 
