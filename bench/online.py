@@ -499,12 +499,12 @@ def _server_core() -> int:
 
 
 def _pin_load(pids: list[int]) -> dict[str, list[int]]:
-    """Keep this client and `pids` (redis-server) off the server's core."""
+    """Keep this client and `pids` (redis-server, Tansu) off the server's core."""
     server = _server_core()
     rest = sorted(os.sched_getaffinity(0) - {server})
     for pid in [0, *pids]:
         os.sched_setaffinity(pid, rest)
-    return {"server": [server], "client_and_redis": rest}
+    return {"server": [server], "client_and_services": rest}
 
 
 def main() -> None:
@@ -518,7 +518,7 @@ def main() -> None:
     parser.add_argument("--raw-samples", type=int, default=2000, help="raw limit samples (1 entity; 100: a tenth)")
     parser.add_argument("--only", nargs="*", help="run only these scenarios (e.g. features_1 features_100_cold)")
     parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=len(os.sched_getaffinity(0)) > 1,
-                        help="server on a core of its own, client and redis-server on the others")
+                        help="server on a core of its own, client, redis-server (and Tansu) on the others")
     parser.add_argument("--prediction-log", action="store_true",
                         help="connect the server's prediction log to a broker (FEATURESTREAM_KAFKA, else a local "
                              "Tansu), so /v1/predict pays for sending its records as in production")
