@@ -29,6 +29,7 @@ __all__ = [
     "log_file_path",
     "log_glob",
     "parse_log_file",
+    "parse_log_name",
 ]
 
 Status = str  # "applied" | "late" | "invalid"
@@ -70,10 +71,16 @@ class LogFile:
 
 
 def parse_log_file(path: Path) -> LogFile | None:
-    match = _FILE.match(path.name)
+    parsed = parse_log_name(path.name)
+    return None if parsed is None else LogFile(path, *parsed)
+
+
+def parse_log_name(name: str) -> tuple[int, int, int] | None:
+    """(partition, first, last) a log file name declares; None for any other name."""
+    match = _FILE.match(name)
     if match is None:
         return None
-    return LogFile(path, int(match.group(1)), int(match.group(2)), int(match.group(3)))
+    return int(match.group(1)), int(match.group(2)), int(match.group(3))
 
 
 def batch_source_glob(data_dir: Path, path: str) -> str:

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from feature_store.offline.layout import LogFile, log_dir, log_file_path, parse_log_file
+from feature_store.offline.layout import LogFile, log_dir, log_file_path, parse_log_name
 
 __all__ = ["WATERMARK_KEY", "EventLogWriter", "LogPosition"]
 
@@ -92,21 +92,18 @@ class EventLogWriter:
         day of 5 s rolls kept, and the log keeps every day).
         """
         best = self._newest.get(partition)
-        best_last, best_path = (-1, None) if best is None else (best.last, best.path)
+        best_last = -1 if best is None else best.last
+        found: tuple[tuple[int, int, int], str] | None = None  # a newer file: (partition, first, last), path
         prefix = f"p{partition}-"
         for day in os.scandir(self._dir) if self._dir.is_dir() else ():
             if not (day.name.startswith("date=") and day.name[5:] >= since_day and day.is_dir()):
                 continue
-            for entry in os.scandir(day.path):  # names only: parsing each into a Path was most of the cost
-                name = entry.name
-                if name.startswith(prefix) and name.endswith(".parquet"):
-                    last = name[len(prefix):-8].rpartition("-")[2]
-                    if last.isdigit() and int(last) > best_last:
-                        best_last, best_path = int(last), Path(entry.path)
-        if best_path is not None and (best is None or best_path != best.path):
-            best = parse_log_file(best_path)
-        if best is not None:
-            self._newest[partition] = best
+            for entry in os.scandir(day.path):  # names only: making each a Path was most of the cost
+                parsed = parse_log_name(entry.name) if entry.name.startswith(prefix) else None
+                if parsed is not None and parsed[2] > best_last:
+                    best_last, found = parsed[2], (parsed, entry.path)
+        if found is not None:
+            best = self._newest[partition] = LogFile(Path(found[1]), *found[0])
         return best
 
     def open_partition(self, partition: int) -> LogPosition | None:
@@ -204,9 +201,7 @@ class EventLogWriter:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-            written = parse_log_file(path)
-            if written is not None:
-                self._newest[partition] = written
+            self._newest[partition] = LogFile(path, partition, first, last)
         return path
 
     def flush_all(self) -> None:
