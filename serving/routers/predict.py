@@ -119,13 +119,13 @@ async def predict(request: Request, model: str) -> Response:
             for i in todo:
                 reasons[i] = f"the model failed: {type(exc).__name__}"
     need = [i for i, r in enumerate(reasons) if r is not None]
-    fallback_values = _fallback(state, chosen, [inputs[i] for i in need]) if need else []
+    fallback_of = dict(zip(need, _fallback(state, chosen, [inputs[i] for i in need]), strict=True)) if need else {}
     out = []
     answered_by = [0, 0]  # predictions by the model, by the fallback
     for i, vector in enumerate(vectors):
         used_fallback = False
         if reasons[i] is not None:
-            value = fallback_values[need.index(i)]
+            value = fallback_of[i]
             used_fallback = value is not None and chosen.fallback is not None
             predictions[i] = value
         request_id = str(uuid.uuid4())
