@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +33,7 @@ from feature_store.online.keys import entity_key_bytes
 from feature_store.repo import FeatureRepo
 from feature_store.settings import Settings
 
-__all__ = ["EventPublisher", "PublishError", "PublishResult", "ensure_topics", "stream_source"]
+__all__ = ["EventPublisher", "PublishError", "PublishResult", "ensure_topics", "send_in_batches", "stream_source"]
 
 log = structlog.get_logger("featurestream.publish")
 
@@ -204,6 +204,29 @@ class EventPublisher:
                 delay = min(delay * 2, 2.0)
         return [PublishError(indexes[j], f"Kafka did not accept the event within {self._retry_s:g} s "
                                          f"({last_error}); retry later") for j in pending]
+
+
+async def send_in_batches(producer: AIOKafkaProducer, topic: str, partition: int,
+                          records: Iterable[tuple[bytes | None, bytes]], *, yield_every: int = 0
+                          ) -> list[asyncio.Future[Any]]:
+    """Hand `records` for one partition to `producer` in as few batches as its batch size allows.
+
+    Why: `send` costs ~20-35 us of CPU per record in aiokafka (a future and a
+    partition lookup each), appending to a built batch a few. Returns each
+    batch's delivery future. `yield_every` > 0 lets other tasks of the loop run
+    every that many records (a loop shared with requests).
+    """
+    sent = []
+    builder = producer.create_batch()
+    for i, (key, value) in enumerate(records):
+        if yield_every and i and i % yield_every == 0:
+            await asyncio.sleep(0)
+        if builder.append(key=key, value=value, timestamp=None) is None:  # full: send it, start the next
+            sent.append(await producer.send_batch(builder, topic, partition=partition))
+            builder = producer.create_batch()
+            builder.append(key=key, value=value, timestamp=None)
+    sent.append(await producer.send_batch(builder, topic, partition=partition))
+    return sent
 
 
 async def ensure_topics(settings_or_bootstrap: Settings | str, repo: FeatureRepo, *, replication: int = 1) -> list[str]:

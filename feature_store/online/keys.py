@@ -51,8 +51,13 @@ def entity_key_bytes(entity: str | int) -> bytes:
 
 
 def partition_for(entity: str | int, partitions: int) -> int:
-    """The partition Kafka's default partitioner (murmur2) picks for this key."""
-    return int(murmur2(entity_key_bytes(entity)) & 0x7FFFFFFF) % partitions
+    """The partition Kafka's default partitioner (murmur2) picks for this entity."""
+    return partition_of_key(entity_key_bytes(entity), partitions)
+
+
+def partition_of_key(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2) picks for these message key bytes."""
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 @dataclass(frozen=True)
