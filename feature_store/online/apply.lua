@@ -86,7 +86,14 @@ for index, item in ipairs(cmsgpack.unpack(ARGV[6])) do
     local ops = layouts[item[2]]
     local keep, period = item[4], item[6]
     local created, prune_at = false, nil
-    local marks = redis.call('HMGET', key, '~m', '~t')
+    -- one tile (the common case: an entity's events of a batch share a tile) is read with the markers
+    local single = #item == 8
+    local marks
+    if single then
+      marks = redis.call('HMGET', key, '~m', '~t', item[7])
+    else
+      marks = redis.call('HMGET', key, '~m', '~t')
+    end
     local newest = tonumber(marks[2])
     local stored_newest = newest
     if not marks[1] then
@@ -105,7 +112,8 @@ for index, item in ipairs(cmsgpack.unpack(ARGV[6])) do
       local start = tonumber(field)
       if old_newest and start < old_newest then bump = true end
       if newest == nil or start > newest then newest = start end
-      local cur = redis.call('HGET', key, field)
+      local cur
+      if single then cur = marks[3] else cur = redis.call('HGET', key, field) end
       if cur then
         packed = cmsgpack.pack(merge(ops, cmsgpack.unpack(cur), cmsgpack.unpack(packed)))
       else
