@@ -29,50 +29,65 @@ if stored_n ~= tonumber(ARGV[1]) or tonumber(ARGV[2]) <= stored_n then
   return {'fenced', tostring(stored_n)}
 end
 
--- parse "add" | "newest" | "last" | "lastpart" | "min:<n>" | "max:<n>" | "m2:<n>:<s>" once
+-- parse "add" | "newest" | "last" | "lastpart" | "min:<n>" | "max:<n>" | "m2:<n>:<s>" once per call into two
+-- lists of {code, i, n, s}: the stats that read counts (m2, min, max; last reads its own group) and the
+-- adds and newest that change counts. merge() writes into `a` in place, reading stats before adding, so
+-- every stat sees the counts as stored.
+local ADD, NEWEST, MIN, MAX, M2, LAST = 1, 2, 3, 4, 5, 6
+local CODES = {add = ADD, newest = NEWEST, min = MIN, max = MAX, m2 = M2, last = LAST}
 local layouts = {}
 for li, ops in ipairs(cmsgpack.unpack(ARGV[5])) do
-  local parsed = {}
+  local reads, adds = {}, {}
   for i, op in ipairs(ops) do
-    local kind, a, b = string.match(op, '^(%w+):?(%d*):?(%d*)$')
-    parsed[i] = {kind, tonumber(a), tonumber(b)}
+    local kind, n, s = string.match(op, '^(%w+):?(%d*):?(%d*)$')
+    local code = CODES[kind]
+    if code == ADD or code == NEWEST then
+      adds[#adds + 1] = {code, i}
+    elseif code then  -- 'lastpart' is handled by its 'last'
+      reads[#reads + 1] = {code, i, tonumber(n), tonumber(s)}
+    end
   end
-  layouts[li] = parsed
+  layouts[li] = {reads, adds}
 end
 
 local function merge(ops, a, b)
-  local out = {}
-  for i = 1, #ops do out[i] = a[i] end
-  for i = 1, #ops do
-    local kind = ops[i][1]
-    if kind == 'add' then
-      out[i] = a[i] + b[i]
-    elseif kind == 'newest' then
-      if b[i] > a[i] then out[i] = b[i] end
-    elseif kind == 'min' or kind == 'max' then
-      local n = ops[i][2]
-      if a[n] == 0 then
-        out[i] = b[i]
-      elseif b[n] ~= 0 then
-        if (kind == 'min' and b[i] < a[i]) or (kind == 'max' and b[i] > a[i]) then out[i] = b[i] end
-      end
-    elseif kind == 'm2' then
-      local n, s = ops[i][2], ops[i][3]
-      local na, nb = a[n], b[n]
+  local reads, adds = ops[1], ops[2]
+  for r = 1, #reads do
+    local op = reads[r]
+    local code, i = op[1], op[2]
+    if code == M2 then
+      local na, nb = a[op[3]], b[op[3]]
       if na == 0 then
-        out[i] = b[i]
+        a[i] = b[i]
       elseif nb ~= 0 then
+        local s = op[4]
         local delta = b[s] / nb - a[s] / na
-        out[i] = a[i] + b[i] + delta * delta * na * nb / (na + nb)
+        a[i] = a[i] + b[i] + delta * delta * na * nb / (na + nb)
       end
-    elseif kind == 'last' then
+    elseif code == LAST then
       -- lt, lk, lq, lv sit at i .. i+3; the newer (lt, lk, lq) wins all four
       if b[i] > a[i] or (b[i] == a[i] and (b[i + 1] > a[i + 1] or (b[i + 1] == a[i + 1] and b[i + 2] > a[i + 2]))) then
-        out[i], out[i + 1], out[i + 2], out[i + 3] = b[i], b[i + 1], b[i + 2], b[i + 3]
+        a[i], a[i + 1], a[i + 2], a[i + 3] = b[i], b[i + 1], b[i + 2], b[i + 3]
+      end
+    else  -- MIN or MAX
+      local n = op[3]
+      if a[n] == 0 then
+        a[i] = b[i]
+      elseif b[n] ~= 0 and ((code == MIN and b[i] < a[i]) or (code == MAX and b[i] > a[i])) then
+        a[i] = b[i]
       end
     end
   end
-  return out
+  for r = 1, #adds do
+    local op = adds[r]
+    local i = op[2]
+    if op[1] == ADD then
+      a[i] = a[i] + b[i]
+    elseif b[i] > a[i] then
+      a[i] = b[i]
+    end
+  end
+  return a
 end
 
 local function newer(t, k, q, cur)
