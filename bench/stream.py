@@ -160,16 +160,16 @@ def _produce_at_rate(bootstrap: str, topic: str, rate: float, seconds: float, se
         while time.perf_counter() - start < seconds:
             due = int((time.perf_counter() - start + tick) * rate)
             now = time.time_ns() // 1_000_000
-            by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+            by_partition: dict[int, list[tuple[bytes, bytes, list[tuple[str, bytes]]]]] = {}
             while count < due:
                 event = next(events)
                 event["ts"] = now
                 key = entity_key_bytes(str(event["user_id"]))
                 by_partition.setdefault(partitions[partition_of_key(key, len(partitions))], []).append(
-                    (key, orjson.dumps(event)))
+                    (key, orjson.dumps(event), []))
                 count += 1
             for partition, records in by_partition.items():
-                acks.extend(await send_in_batches(producer, topic, partition, records))
+                acks.extend([sent async for sent, _ in send_in_batches(producer, topic, partition, records)])
             await asyncio.sleep(tick)
         await asyncio.gather(*acks)
         await producer.stop()

@@ -3,12 +3,15 @@
 Events are validated against the source's schema *before* anything is sent;
 bad ones come back as per-event errors and never reach Kafka. Good ones are
 sent as orjson of the normalized event (timestamps as epoch ms), keyed by
-`entity_key_bytes(event[source.key])`, so Kafka's default partitioner puts
-them in the partition `partition_for` expects.
+`entity_key_bytes(event[source.key])`, to the partition Kafka's default
+partitioner picks for that key (`partition_for`).
 
-When Kafka is down, sends are retried with bounded backoff for at most
-`retry_s`; at most `max_in_flight` events wait for acknowledgement at once
-(callers beyond that wait for room: a bounded buffer, not unbounded memory).
+A call's events for one partition go in producer batches when there are
+many (aiokafka queues at most one batch per partition, the rest waits), one
+`send` each when there are few (at most `max_in_flight` of those wait for
+acknowledgement at once; callers beyond that wait for room): a bounded
+buffer, not unbounded memory. When Kafka is down, sends are retried with
+bounded backoff for at most `retry_s`.
 Delivery is at-least-once: an event retried after a lost acknowledgement
 may arrive twice.
 """
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +32,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from feature_store.definitions import StreamSource
 from feature_store.errors import BrokerUnavailable, ConfigError, UnknownFeatureError
-from feature_store.online.keys import entity_key_bytes
+from feature_store.online.keys import entity_key_bytes, partition_of_key
 from feature_store.repo import FeatureRepo
 from feature_store.settings import Settings
 
@@ -39,6 +42,9 @@ log = structlog.get_logger("featurestream.publish")
 
 _Record = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
 """(key, value, headers) of one Kafka record."""
+
+_BATCH_FROM = 32
+"""Records of one call for one partition sent as producer batches from this many on (see `_hand_over`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,38 +169,35 @@ class EventPublisher:
         items: list[_Record] = [(entity_key_bytes(e[key]), orjson.dumps(e), []) for e in events]
         return await self._deliver(src.topic, items, list(indexes))
 
-    async def _deliver(self, topic: str, items: list[_Record],
-                       indexes: list[int]) -> list[PublishError]:
+    async def _deliver(self, topic: str, items: list[_Record], indexes: list[int]) -> list[PublishError]:
         if not items:
             return []
         await self.start()
+        assert self._producer is not None
+        partition_of: list[int | None] = [None] * len(items)  # None: aiokafka picks (one `send` each)
+        if len(items) >= _BATCH_FROM:
+            partitions = sorted(await self._producer.partitions_for(topic))
+            partition_of = [None if k is None else partitions[partition_of_key(k, len(partitions))]
+                            for k, _, _ in items]
         deadline = time.monotonic() + self._retry_s
         pending = list(range(len(items)))
         delay = 0.1
         last_error = ""
         while pending:
-            futures: list[tuple[int, asyncio.Future[Any]]] = []
+            handed: list[tuple[list[int], asyncio.Future[Any]]] = []  # (records, their delivery)
             try:
-                for j in pending:
-                    await self._room.acquire()
-                    k, v, h = items[j]
-                    try:
-                        assert self._producer is not None
-                        fut = await self._producer.send(topic, value=v, key=k, headers=h or None)
-                    except BaseException:
-                        self._room.release()
-                        raise
-                    fut.add_done_callback(lambda _f: self._room.release())
-                    futures.append((j, fut))
+                await self._hand_over(topic, items, pending, partition_of, handed)
             except KafkaError as exc:
                 last_error = type(exc).__name__
-            results = await asyncio.gather(*(f for _, f in futures), return_exceptions=True)
-            sent = {j for (j, _), r in zip(futures, results, strict=True) if not isinstance(r, BaseException)}
-            for r in results:
-                if isinstance(r, BaseException):
-                    if not isinstance(r, KafkaError):
-                        raise r
-                    last_error = type(r).__name__
+            results = await asyncio.gather(*(f for _, f in handed), return_exceptions=True)
+            sent: set[int] = set()
+            for (records, _), result in zip(handed, results, strict=True):
+                if not isinstance(result, BaseException):
+                    sent.update(records)
+                elif isinstance(result, KafkaError):
+                    last_error = type(result).__name__
+                else:
+                    raise result
             pending = [j for j in pending if j not in sent]
             if pending:
                 if time.monotonic() + delay > deadline:
@@ -205,28 +208,59 @@ class EventPublisher:
         return [PublishError(indexes[j], f"Kafka did not accept the event within {self._retry_s:g} s "
                                          f"({last_error}); retry later") for j in pending]
 
+    async def _hand_over(self, topic: str, items: list[_Record], pending: list[int],
+                         partition_of: list[int | None], handed: list[tuple[list[int], asyncio.Future[Any]]]) -> None:
+        """Give the producer the `pending` records, appending each delivery to `handed` as it is made.
 
-async def send_in_batches(producer: AIOKafkaProducer, topic: str, partition: int,
-                          records: Iterable[tuple[bytes | None, bytes]], *, yield_every: int = 0
-                          ) -> list[asyncio.Future[Any]]:
+        A call's records for one partition go in producer batches from
+        `_BATCH_FROM` records on; fewer are sent one by one, so aiokafka puts
+        them in the batch it is filling with concurrent calls' records.
+        """
+        assert self._producer is not None
+        by_partition: dict[int | None, list[int]] = {}
+        for j in pending:
+            by_partition.setdefault(partition_of[j], []).append(j)
+        for partition, records in by_partition.items():
+            if partition is not None and len(records) >= _BATCH_FROM:
+                taken = 0
+                async for delivery, count in send_in_batches(self._producer, topic, partition,
+                                                             (items[j] for j in records)):
+                    handed.append((records[taken:taken + count], delivery))
+                    taken += count
+                continue
+            for j in records:
+                await self._room.acquire()
+                key, value, headers = items[j]
+                try:
+                    delivery = await self._producer.send(topic, value=value, key=key, headers=headers or None)
+                except BaseException:
+                    self._room.release()
+                    raise
+                delivery.add_done_callback(lambda _f: self._room.release())
+                handed.append(([j], delivery))
+
+
+async def send_in_batches(producer: AIOKafkaProducer, topic: str, partition: int, records: Iterable[_Record], *,
+                          yield_every: int = 0) -> AsyncIterator[tuple[asyncio.Future[Any], int]]:
     """Hand `records` for one partition to `producer` in as few batches as its batch size allows.
 
     Why: `send` costs ~20-35 us of CPU per record in aiokafka (a future and a
-    partition lookup each), appending to a built batch a few. Returns each
-    batch's delivery future. `yield_every` > 0 lets other tasks of the loop run
+    partition lookup each), appending to a built batch a few. Yields each
+    batch's delivery future and how many of the records (in order) it holds,
+    as it is handed over. `yield_every` > 0 lets other tasks of the loop run
     every that many records (a loop shared with requests).
     """
-    sent = []
-    builder = producer.create_batch()
-    for i, (key, value) in enumerate(records):
+    builder, count = producer.create_batch(), 0
+    for i, (key, value, headers) in enumerate(records):
         if yield_every and i and i % yield_every == 0:
             await asyncio.sleep(0)
-        if builder.append(key=key, value=value, timestamp=None) is None:  # full: send it, start the next
-            sent.append(await producer.send_batch(builder, topic, partition=partition))
-            builder = producer.create_batch()
-            builder.append(key=key, value=value, timestamp=None)
-    sent.append(await producer.send_batch(builder, topic, partition=partition))
-    return sent
+        if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:  # full: send it
+            yield await producer.send_batch(builder, topic, partition=partition), count
+            builder, count = producer.create_batch(), 0
+            builder.append(key=key, value=value, timestamp=None, headers=headers)
+        count += 1
+    if count:
+        yield await producer.send_batch(builder, topic, partition=partition), count
 
 
 async def ensure_topics(settings_or_bootstrap: Settings | str, repo: FeatureRepo, *, replication: int = 1) -> list[str]:

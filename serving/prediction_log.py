@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -163,5 +163,7 @@ class PredictionLog:
         """`records` to `partition` in producer batches; waits for the acks.
 
         ~15 us a record to encode: other requests (this shares their loop) get in every 50."""
-        await asyncio.gather(*await send_in_batches(producer, self.topic, partition, map(self.encode, records),
-                                                    yield_every=50))
+        encoded: Iterator[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = (
+            (key, value, []) for key, value in map(self.encode, records))
+        await asyncio.gather(*[sent async for sent, _ in send_in_batches(producer, self.topic, partition, encoded,
+                                                                           yield_every=50)])

@@ -71,6 +71,30 @@ async def test_publish_many_validates_before_sending_and_keys_by_entity(settings
     assert {orjson.loads(r.value)["ts"] for r in records if orjson.loads(r.value)["id"] == "e9"} == {START + 250}
 
 
+async def test_a_large_call_goes_in_producer_batches_keyed_and_ordered_like_single_sends(
+        settings: Settings, unique: str) -> None:
+    """3,000 events (~2 MB: several 256 KB producer batches per partition) arrive once each, in the
+    partition Kafka's default partitioner picks for their key, in call order within a partition."""
+    repo = events_repo(f"bulk-{unique}", partitions=3)
+    events: list[Any] = [_event(i, user=f"u{i % 37}", label="x" * 600) for i in range(3_000)]
+    bad = {5, 1_234, 2_999}
+    for i in bad:
+        events[i] = {**events[i], "amount": "lots"}
+    async with EventPublisher(settings, repo) as publisher:
+        result = await publisher.publish_many("events", events)
+    assert result.published == 3_000 - len(bad)
+    assert {e.index for e in result.errors} == bad
+
+    assert settings.kafka is not None
+    records = await _read_all(settings.kafka, f"bulk-{unique}", 3, 3_000 - len(bad))
+    ids = [orjson.loads(r.value)["id"] for r in records]
+    assert sorted(ids) == sorted(f"e{i}" for i in range(3_000) if i not in bad)
+    for partition in range(3):
+        order = [int(orjson.loads(r.value)["id"][1:]) for r in records if r.partition == partition]
+        assert order == sorted(order)
+        assert all(partition_for(f"u{i % 37}", 3) == partition for i in order)
+
+
 async def test_ensure_topics_is_idempotent(settings: Settings, unique: str) -> None:
     repo = events_repo(f"topics-{unique}", partitions=3)
     assert settings.kafka is not None
