@@ -11,7 +11,8 @@ many (aiokafka queues at most one batch per partition, the rest waits), one
 `send` each when there are few (at most `max_in_flight` of those wait for
 acknowledgement at once; callers beyond that wait for room): a bounded
 buffer, not unbounded memory. When Kafka is down, sends are retried with
-bounded backoff for at most `retry_s`.
+bounded backoff for at most `retry_s`. An event over the producer's record
+size limit (`MAX_RECORD_BYTES`) is refused at once, alone, with its size.
 Delivery is at-least-once: an event retried after a lost acknowledgement
 may arrive twice.
 """
@@ -31,7 +32,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from feature_store.definitions import StreamSource
-from feature_store.errors import BrokerUnavailable, ConfigError, UnknownFeatureError
+from feature_store.errors import BrokerUnavailable, ConfigError, SchemaError, UnknownFeatureError
 from feature_store.online.keys import entity_key_bytes, partition_of_key
 from feature_store.repo import FeatureRepo
 from feature_store.settings import Settings
@@ -46,6 +47,13 @@ _Record = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
 _BATCH_FROM = 32
 """Records of one call for one partition sent as producer batches from this many on (see `_hand_over`)."""
 
+MAX_RECORD_BYTES = 1_048_576
+"""The largest record the producer sends (aiokafka's `max_request_size`, set explicitly). A broker's
+`message.max.bytes` may be lower; its refusal is then retried and reported like an outage."""
+
+_RECORD_OVERHEAD = 1_024
+"""Room kept for the record's and its batch's framing when checking a record against MAX_RECORD_BYTES."""
+
 
 @dataclass(frozen=True, slots=True)
 class PublishError:
@@ -53,6 +61,7 @@ class PublishError:
 
     index: int
     reason: str
+    retriable: bool = True  # False: sending it again cannot work (the event must change)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +130,8 @@ class EventPublisher:
             delay = 0.1
             while True:
                 producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=self._linger_ms,
-                                            max_batch_size=256 * 1024, request_timeout_ms=10_000)
+                                            max_batch_size=256 * 1024, max_request_size=MAX_RECORD_BYTES,
+                                            request_timeout_ms=10_000)
                 try:
                     await producer.start()
                     self._producer = producer
@@ -146,7 +156,7 @@ class EventPublisher:
         normalized = src.schema.validate(event)
         result = await self._send(src, [normalized], [0])
         if result:
-            raise BrokerUnavailable(result[0].reason)
+            raise (BrokerUnavailable if result[0].retriable else SchemaError)(result[0].reason)
 
     async def publish_many(self, source: str | StreamSource, events: Sequence[Mapping[str, Any] | bytes]
                            ) -> PublishResult:
@@ -180,7 +190,11 @@ class EventPublisher:
             partition_of = [None if k is None else partitions[partition_of_key(k, len(partitions))]
                             for k, _, _ in items]
         deadline = time.monotonic() + self._retry_s
-        pending = list(range(len(items)))
+        sizes, limit = [_record_bytes(item) for item in items], MAX_RECORD_BYTES - _RECORD_OVERHEAD
+        refused = [PublishError(indexes[j], f"the event is {size:,} bytes; Kafka takes at most {limit:,} bytes per "
+                                            "event: make it smaller", retriable=False)
+                   for j, size in enumerate(sizes) if size > limit]  # never sent: retrying cannot help
+        pending = [j for j, size in enumerate(sizes) if size <= limit]
         delay = 0.1
         last_error = ""
         while pending:
@@ -205,8 +219,8 @@ class EventPublisher:
                 log.warning("publish failed; retrying", topic=topic, events=len(pending), error=last_error)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
-        return [PublishError(indexes[j], f"Kafka did not accept the event within {self._retry_s:g} s "
-                                         f"({last_error}); retry later") for j in pending]
+        return refused + [PublishError(indexes[j], f"Kafka did not accept the event within {self._retry_s:g} s "
+                                                   f"({last_error}); retry later") for j in pending]
 
     async def _hand_over(self, topic: str, items: list[_Record], pending: list[int],
                          partition_of: list[int | None], handed: list[tuple[list[int], asyncio.Future[Any]]]) -> None:
@@ -238,6 +252,11 @@ class EventPublisher:
                     raise
                 delivery.add_done_callback(lambda _f: self._room.release())
                 handed.append(([j], delivery))
+
+
+def _record_bytes(record: _Record) -> int:
+    key, value, headers = record
+    return len(key or b"") + len(value) + sum(len(name) + len(data) for name, data in headers)
 
 
 async def send_in_batches(producer: AIOKafkaProducer, topic: str, partition: int, records: Iterable[_Record], *,

@@ -95,6 +95,24 @@ async def test_a_large_call_goes_in_producer_batches_keyed_and_ordered_like_sing
         assert all(partition_for(f"u{i % 37}", 3) == partition for i in order)
 
 
+@pytest.mark.parametrize("n", [10, 200])  # one send per event, producer batches
+async def test_an_event_too_large_for_kafka_is_refused_alone_at_once(settings: Settings, unique: str, n: int) -> None:
+    repo = events_repo(f"large-{n}-{unique}", partitions=2)
+    events: list[Any] = [_event(i) for i in range(n)]
+    events[2] = _event(2, label="x" * 2_000_000)
+    async with EventPublisher(settings, repo, retry_s=30.0) as publisher:
+        result = await publisher.publish_many("events", events)
+        with pytest.raises(SchemaError, match="make it smaller"):
+            await publisher.publish("events", events[2])
+    assert result.published == n - 1
+    assert [(e.index, e.retriable) for e in result.errors] == [(2, False)]
+    assert "2,000,080 bytes" in result.errors[0].reason
+
+    assert settings.kafka is not None
+    records = await _read_all(settings.kafka, f"large-{n}-{unique}", 2, n - 1)
+    assert sorted(orjson.loads(r.value)["id"] for r in records) == sorted(f"e{i}" for i in range(n) if i != 2)
+
+
 async def test_ensure_topics_is_idempotent(settings: Settings, unique: str) -> None:
     repo = events_repo(f"topics-{unique}", partitions=3)
     assert settings.kafka is not None
