@@ -39,7 +39,7 @@ from aiokafka.errors import KafkaError
 
 from feature_store.aggregates import NO_ORDER
 from feature_store.definitions import StreamSource
-from feature_store.errors import OnlineStoreUnavailable
+from feature_store.errors import BrokerUnavailable, OnlineStoreUnavailable
 from feature_store.offline.log_writer import EventLogWriter
 from feature_store.online.keys import KeyLayout
 from feature_store.online.writer import NO_OFFSET, OnlineWriter, PartitionBatch
@@ -58,6 +58,9 @@ __all__ = ["Materializer", "MaterializerConfig"]
 log = structlog.get_logger("featurestream.worker")
 
 _RETRY_S = (0.1, 0.2, 0.5, 1.0, 2.0)
+
+_MAX_LETTER_BYTES = 64 * 1024 * 1024
+"""The worker's producer's client-side size limit: above any record a broker is configured to hold."""
 
 _GIL_SWITCH_S = 0.001
 """How long a thread may hold the GIL while another waits (Python's default is 5 ms). The loop thread
@@ -171,7 +174,9 @@ class Materializer:
         await ensure_topics(c.bootstrap, self._repo)
         self._redis = aioredis.from_url(c.redis_url)
         self._writer = OnlineWriter(self._redis)
-        self._producer = AIOKafkaProducer(bootstrap_servers=c.bootstrap, acks="all", linger_ms=5)
+        # dead letters carry events as the consumer got them: let the broker, not a client-side check, judge size
+        self._producer = AIOKafkaProducer(bootstrap_servers=c.bootstrap, acks="all", linger_ms=5,
+                                          max_request_size=_MAX_LETTER_BYTES)
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=c.bootstrap, group_id=c.group_id, enable_auto_commit=False,
@@ -493,7 +498,12 @@ class Materializer:
 
     async def _dead_letters(self, source: StreamSource, partition: int, c: Classified, records: Sequence[Any],
                             redis_from: int) -> None:
-        """Send the batch's bad events (those not sent before a crash) and wait until the broker has them."""
+        """Send the batch's bad events (those not sent before a crash) and wait until the broker has them.
+
+        Retried while Kafka refuses them, until stop() is requested (the batch
+        is then not committed: a restart sends them again). A dead-letter topic
+        must take records as large as its source topic does.
+        """
         assert self._producer is not None
         todo = [i for i in c.dlq if i >= redis_from]
         if not todo:
@@ -507,6 +517,10 @@ class Materializer:
                 await asyncio.gather(*futures)
                 break
             except KafkaError as exc:
+                if self._stopping.is_set():
+                    raise BrokerUnavailable(f"dead letters of {source.topic} partition {partition} were not sent "
+                                            f"before the worker stopped ({type(exc).__name__}); a restart sends "
+                                            "them again") from None
                 log.warning("dead-letter send failed; retrying", error=type(exc).__name__, attempt=attempt)
                 await asyncio.sleep(_RETRY_S[min(attempt, len(_RETRY_S) - 1)])
         self.metrics.dead_letters.labels(source.name).inc(len(todo))

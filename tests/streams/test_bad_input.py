@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from pathlib import Path
 
 import orjson
+import pytest
 import redis.asyncio as aioredis
+from aiokafka import AIOKafkaProducer
 
+import streams.materializer as materializer_module
 from feature_store.definitions import Aggregation, Entity, FeatureView
+from feature_store.errors import BrokerUnavailable
 from feature_store.online import KeyLayout, OnlineReader
 from feature_store.publish import EventPublisher
 from feature_store.repo import FeatureRepo
@@ -95,3 +100,56 @@ async def test_bad_events_go_to_the_dlq_with_reasons(settings: Settings, unique:
             want = oracle.feature_values(view, events, user, t, ignore_ingest_time=True)
             for name, expected in want.items():
                 assert oracle.close(values[f"{view.name}:{name}"].value, expected), (view.name, user, name)
+
+
+async def test_a_bad_event_larger_than_the_producer_limit_is_dead_lettered_without_stopping_the_worker(
+        settings: Settings, unique: str) -> None:
+    """A 2 MB malformed event (another producer allowed it; the broker took it) goes to the DLQ whole, and the
+    events after it are applied: the worker's producer must not refuse what its consumer was given."""
+    repo = _repo(f"huge-{unique}")
+    source = repo.sources["events"]
+    huge = b'{"id": "big", "user": "u0", "label": "' + b"x" * 2_000_000  # not valid JSON
+    records = [orjson.dumps(_event(0, START)), huge, orjson.dumps(_event(1, START + 1_000))]
+    assert settings.kafka is not None
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka, max_request_size=4 * 1024 * 1024)
+    await producer.start()
+    try:
+        for value in records:
+            await (await producer.send(source.topic, value=value, key=b"u0"))
+    finally:
+        await producer.stop()
+
+    materializer = Materializer(config(settings, unique), repo)
+    await run_until(materializer, lambda: consumed(materializer, "events") >= len(records), timeout_s=30)
+    letters = await read_dead_letters(settings.kafka, source, timeout_s=20)  # type: ignore[arg-type]
+    assert [(letter.value, letter.offset) for letter in letters] == [(huge, 1)]
+    assert "not valid JSON" in letters[0].reason
+
+
+async def test_a_worker_that_cannot_send_a_dead_letter_retries_and_still_stops(
+        settings: Settings, unique: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dead letter is refused (the worker's producer limit lowered below it); the worker retries, and a stop
+    request ends the retries with an error naming what a restart does, instead of hanging."""
+    monkeypatch.setattr(materializer_module, "_MAX_LETTER_BYTES", 1_048_576)
+    repo = _repo(f"stuck-{unique}")
+    source = repo.sources["events"]
+    assert settings.kafka is not None
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka, max_request_size=4 * 1024 * 1024)
+    await producer.start()
+    try:
+        await (await producer.send(source.topic, value=b"{" + b"x" * 2_000_000, key=b"u0"))
+    finally:
+        await producer.stop()
+
+    materializer = Materializer(config(settings, unique), repo)
+    await materializer.start()
+    task = asyncio.create_task(materializer.run())
+    try:
+        await asyncio.sleep(3)  # the batch is prepared and its dead letter refused, retried
+        assert not task.done()
+        assert consumed(materializer, "events") == 0  # not committed
+    finally:
+        materializer.request_stop()
+        with pytest.raises(BrokerUnavailable, match="a restart sends them again"):
+            await asyncio.wait_for(task, 15)
+        await materializer.stop()
