@@ -21,7 +21,6 @@ import asyncio
 import bisect
 import contextlib
 import gc
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -61,12 +60,6 @@ _RETRY_S = (0.1, 0.2, 0.5, 1.0, 2.0)
 
 _MAX_LETTER_BYTES = 64 * 1024 * 1024
 """The worker's producer's client-side size limit: above any record a broker is configured to hold."""
-
-_GIL_SWITCH_S = 0.001
-"""How long a thread may hold the GIL while another waits (Python's default is 5 ms). The loop thread
-waits for it whenever a Redis reply or a fetch arrives during a batch's CPU work: at 5 ms each of a commit's
-steps could wait that long. At 1 ms, freshness p99 at 10k events/s was 86-93 ms over 6 runs against
-88-107 ms for 5 ms interleaved (0.3 ms: 92-98)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -189,7 +182,6 @@ class Materializer:
         self._intake = Intake(self._consumer, max_records=c.max_records, poll_timeout_ms=c.poll_timeout_ms)
         self._intake.start()
         self._cpu = ThreadPoolExecutor(1, thread_name_prefix="featurestream-prepare")
-        sys.setswitchinterval(_GIL_SWITCH_S)  # process-wide, and left so: a worker owns its process
         # what exists now lives as long as the worker: keep it out of full collections, which otherwise
         # walk every client, module and plan object each time (pauses of ~100 ms: freshness outliers)
         gc.collect()
