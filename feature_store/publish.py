@@ -170,8 +170,15 @@ class EventPublisher:
         return PublishResult(published=len(checked.valid) - len(failed), errors=errors)
 
     async def send_raw(self, topic: str, items: Sequence[_Record]) -> None:
-        """Send (key, value, headers) records as they are, with the same retries (dead letters use it)."""
-        await self._deliver(topic, list(items), list(range(len(items))))
+        """Send (key, value, headers) records as they are (no validation), with the same retries.
+
+        Raises BrokerUnavailable (or SchemaError for a record too large) naming how many were not sent.
+        """
+        failed = await self._deliver(topic, list(items), list(range(len(items))))
+        if failed:
+            error = BrokerUnavailable if all(e.retriable for e in failed) else SchemaError
+            raise error(f"{len(failed)} of {len(items)} records were not sent to {topic}; record "
+                        f"{failed[0].index}: {failed[0].reason}")
 
     async def _send(self, src: StreamSource, events: Sequence[dict[str, Any]], indexes: Sequence[int]
                     ) -> list[PublishError]:

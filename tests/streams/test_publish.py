@@ -203,3 +203,10 @@ async def test_publish_command_and_dlq_replay_with_fix_file(settings: Settings, 
     exported = [orjson.loads(line) for line in export.read_bytes().splitlines()]
     assert exported == [{"partition": 1, "offset": 42, "reason": "amount: expected float",
                          "event": orjson.loads(broken)}]
+
+
+async def test_send_raw_says_what_it_could_not_send(settings: Settings, unique: str) -> None:
+    repo = events_repo(f"raw-{unique}")
+    async with EventPublisher(settings, repo) as publisher:
+        with pytest.raises(SchemaError, match=r"1 of 2 records were not sent .*record 1: the event is 2,000,00"):
+            await publisher.send_raw(f"raw-{unique}", [(b"u1", b"{}", []), (b"u1", b"x" * 2_000_000, [])])
