@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ from feature_store.examples.card_fraud.data import TransactionGenerator
 from feature_store.local_stack import LocalStack
 from feature_store.online.keys import entity_key_bytes, partition_of_key
 from feature_store.publish import EventPublisher, ensure_topics, send_in_batches
-from streams.materializer import Materializer, MaterializerConfig
+from streams.materializer import AppliedBatch, Materializer, MaterializerConfig
 from tests.streams.support import card_fraud_repo
 
 
@@ -102,11 +103,11 @@ async def _throughput(bootstrap: str, redis_url: str, data_dir: Path, repo: Any,
     cpu: list[float] = []
     applied = [0]
 
-    def on_applied(times: Any, written: int) -> None:
+    def on_applied(batch: AppliedBatch) -> None:
         if not marks:
             marks.append(time.perf_counter())
             cpu.append(time.process_time())
-        applied[0] += len(times)
+        applied[0] += len(batch.event_times)
 
     materializer = Materializer(_config(bootstrap, redis_url, data_dir, uuid.uuid4().hex[:6]), repo,
                                 on_applied=on_applied)
@@ -178,14 +179,24 @@ def _produce_at_rate(bootstrap: str, topic: str, rate: float, seconds: float, se
     asyncio.run(run())
 
 
+_Sample = tuple[int, ...]
+"""Per event: its event time (ms), then figures about it."""
+
+
+def _steady(samples: Sequence[_Sample], warmup_s: float) -> tuple[list[_Sample], list[_Sample]]:
+    """(steady, warm-up) samples: the warm-up holds the first `warmup_s` seconds of event time."""
+    if not samples:
+        return [], []
+    steady_from = min(sample[0] for sample in samples) + warmup_s * 1000
+    return [x for x in samples if x[0] >= steady_from], [x for x in samples if x[0] < steady_from]
+
+
 def _latencies(samples: list[tuple[int, int]], warmup_s: float) -> dict[str, Any]:
     """p50/p99/max/mean of the latencies of events after the first `warmup_s` seconds of event time; the
-    warm-up's own p99 apart. `samples`: (event time ms, latency ms)."""
-    if not samples:
-        return {"events_measured": 0}
-    steady_from = min(t for t, _ in samples) + warmup_s * 1000
-    steady = sorted(lat for t, lat in samples if t >= steady_from)
-    warm = sorted(lat for t, lat in samples if t < steady_from)
+    warm-up's own apart. `samples`: (event time ms, latency ms)."""
+    steady_samples, warm_samples = _steady(samples, warmup_s)
+    steady = sorted(lat for _, lat in steady_samples)
+    warm = sorted(lat for _, lat in warm_samples)
 
     def q(ordered: list[int], p: float) -> float | None:
         return float(ordered[min(len(ordered) - 1, int(p * len(ordered)))]) if ordered else None
@@ -196,14 +207,29 @@ def _latencies(samples: list[tuple[int, int]], warmup_s: float) -> dict[str, Any
                        "max_ms": q(warm, 1.0)}}
 
 
+def _where_the_time_goes(batches: list[AppliedBatch], warmup_s: float) -> dict[str, Any]:
+    """Mean freshness split into its stages over all steady events and over the slowest 1% of them."""
+    parts = [(t, b.written_ms - t, b.started_ms - t, b.prepared_ms - b.started_ms, b.written_ms - b.prepared_ms)
+             for b in batches for t in b.event_times]
+    steady = sorted(_steady(parts, warmup_s)[0], key=lambda x: x[1])
+
+    def means(rows: list[_Sample]) -> dict[str, float] | None:
+        if not rows:
+            return None
+        return {name: round(statistics.fmean(row[i] for row in rows), 1) for i, name in
+                ((1, "total_ms"), (2, "arrival_and_pacing_ms"), (3, "cpu_work_ms"), (4, "redis_apply_ms"))}
+
+    return {"all": means(steady), "slowest_1pct": means(steady[-max(1, len(steady) // 100):])}
+
+
 async def _freshness(bootstrap: str, redis_url: str, data_dir: Path, rate: float, seconds: float,
                      warmup_s: float) -> dict[str, Any]:
     repo = card_fraud_repo(f"bench-fresh-{uuid.uuid4().hex[:6]}")
     topic = repo.sources["transactions"].topic
     await ensure_topics(bootstrap, repo)
-    samples: list[tuple[int, int]] = []
+    batches: list[AppliedBatch] = []
     materializer = Materializer(_config(bootstrap, redis_url, data_dir, uuid.uuid4().hex[:6]), repo,
-                                on_applied=lambda times, written: samples.extend((t, written - t) for t in times))
+                                on_applied=batches.append)
     await materializer.start()
     task = asyncio.create_task(materializer.run())
     while not materializer._parts:  # wait for the group join before producing
@@ -218,15 +244,17 @@ async def _freshness(bootstrap: str, redis_url: str, data_dir: Path, rate: float
         await asyncio.sleep(0.1)
     assert producer.exitcode == 0, f"the producer process failed (exit {producer.exitcode})"
     deadline = time.monotonic() + 30
-    while len(samples) < sent.value and time.monotonic() < deadline:
+    while sum(len(b.event_times) for b in batches) < sent.value and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     cpu_s = time.process_time() - cpu_before
     script_s = (await _script_usec(redis_url) - script_before) / 1e6
     materializer.request_stop()
     await task
     await materializer.stop()
+    samples = [(t, b.written_ms - t) for b in batches for t in b.event_times]
     return {"input_rate_target": rate, "input_rate_achieved": round(sent.value / produced_s),
             "events": sent.value, "applied": len(samples), **_latencies(samples, warmup_s),
+            "where_the_time_goes": _where_the_time_goes(batches, warmup_s),
             # where the time goes, warm-up included: this process (the worker; the producer is another
             # process) and Redis
             "worker_cpu_us_per_event": round(cpu_s / max(1, sent.value) * 1e6, 1),

@@ -52,7 +52,7 @@ from streams.intake import Intake
 from streams.metrics import WorkerMetrics
 from streams.views import SourcePlan, TransformFailed
 
-__all__ = ["Materializer", "MaterializerConfig"]
+__all__ = ["AppliedBatch", "Materializer", "MaterializerConfig"]
 
 log = structlog.get_logger("featurestream.worker")
 
@@ -84,6 +84,21 @@ class MaterializerConfig:
     log_max_age_s: float = 5.0
 
 
+@dataclass(frozen=True, slots=True)
+class AppliedBatch:
+    """What `on_applied` hears of each applied partition batch: where its events' freshness went.
+
+    All epoch ms, on one host's clock (Redis's for `written_ms`): event time ->
+    `started_ms` (the batch's CPU work starts: arrival and pacing) ->
+    `prepared_ms` (its writes are computed) -> `written_ms` (Redis applied them).
+    """
+
+    event_times: Sequence[int]
+    started_ms: int
+    prepared_ms: int
+    written_ms: int
+
+
 @dataclass
 class _Partition:
     """What this worker knows of one assigned partition."""
@@ -111,6 +126,8 @@ class _Prepared:
     ingest: int
     batch: PartitionBatch | None
     started: float
+    started_ms: int  # epoch ms when the batch's CPU work started
+    prepared_ms: int = 0  # epoch ms when it ended
 
 
 @dataclass
@@ -126,10 +143,10 @@ class Materializer:
     """Consumes the stream sources of a repo into Redis and the event log; `run()` until `stop()`."""
 
     def __init__(self, config: MaterializerConfig, repo: FeatureRepo, *, metrics: WorkerMetrics | None = None,
-                 on_applied: Callable[[Sequence[int], int], None] | None = None) -> None:
+                 on_applied: Callable[[AppliedBatch], None] | None = None) -> None:
         self.config = config
         self.metrics = metrics or WorkerMetrics()
-        self._on_applied = on_applied  # (event times, write time ms): for benchmarks
+        self._on_applied = on_applied  # for benchmarks
         self.keys = KeyLayout(config.prefix)
         self._repo = repo
         self._sources: dict[str, _Source] = {}
@@ -336,10 +353,10 @@ class Materializer:
         prepared before this one is committed); a fenced batch marks its
         partition stale and the store's position replaces it.
         """
-        started = time.perf_counter()
+        started, started_ms = time.perf_counter(), now_ms()
         values = [[r.value for r in records] for _, _, records in selected]
         checked = self._validate([part for _, part, _ in selected], values)
-        staged = [self._stage(tp, part, records, group, started, check)
+        staged = [self._stage(tp, part, records, group, started, started_ms, check)
                   for (tp, part, records), group, check in zip(selected, values, checked, strict=True)]
         ingest = now_ms()  # the tie of every event applied from this fetch
         by_source: dict[str, list[_Prepared]] = {}
@@ -363,6 +380,9 @@ class Materializer:
                                                     ingest)
                     p.batch.clear()
                 self._writes(src, group, ingest)
+        prepared_ms = now_ms()
+        for p in staged:
+            p.prepared_ms = prepared_ms
         return staged
 
     def _writes(self, src: _Source, group: Sequence[_Prepared], ingest: int) -> None:
@@ -413,7 +433,7 @@ class Materializer:
         return [checked[i] for i in range(len(parts))]
 
     def _stage(self, tp: TopicPartition, part: _Partition, records: Sequence[Any], values: list[bytes | None],
-               started: float, checked: TableValidation) -> _Prepared:
+               started: float, started_ms: int, checked: TableValidation) -> _Prepared:
         """Classify one partition batch and find its Redis and log parts (no I/O, no writes yet)."""
         src = part.source
         c = classify(src.source, values, [r.offset for r in records], part.watermark, now_ms(), checked)
@@ -425,7 +445,7 @@ class Materializer:
                                             part.partition, 0)
         part.next_offset = c.offsets[-1] + 1
         part.watermark = c.watermark
-        return _Prepared(tp, part, records, c, redis_from, log_from, 0, None, started)
+        return _Prepared(tp, part, records, c, redis_from, log_from, 0, None, started, started_ms)
 
     async def _commit(self, p: _Prepared) -> None:
         """Dead letters, the fenced apply, then the event log; a fenced batch resumes from the store."""
@@ -442,7 +462,7 @@ class Materializer:
             for et in times[:: max(1, len(times) // 64)]:  # a sample is enough for the histogram
                 histogram.observe(max(0, written - et) / 1000)  # type: ignore[operator]
             if self._on_applied is not None:
-                self._on_applied(times, written)  # type: ignore[arg-type]
+                self._on_applied(AppliedBatch(times, p.started_ms, p.prepared_ms, written))  # type: ignore[arg-type]
         if p.log_from < len(p.records):
             src.log.append(part.partition, log_table(src.log_schema, c, p.log_from, part.partition, p.ingest),
                            c.offsets[-1], c.watermark)
