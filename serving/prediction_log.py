@@ -134,7 +134,7 @@ class PredictionLog:
     async def _drain(self) -> None:
         """Send queued records as they come, up to 500 per round, each round to the next partition.
 
-        Records go in batches built here (`create_batch`), not one `send` each:
+        Records go in producer batches (`send_in_batches`), not one `send` each:
         per record that cost ~33 us of the serving loop's CPU, 3.3 ms for every
         100-entity prediction. Nothing reads the log by partition (labels join
         by request id), so rounds take the partitions in turn.

@@ -126,8 +126,7 @@ class _Prepared:
     ingest: int
     batch: PartitionBatch | None
     started: float
-    started_ms: int  # epoch ms when the batch's CPU work started
-    prepared_ms: int = 0  # epoch ms when it ended
+    prepared_ms: int = 0  # epoch ms when the batch's CPU work ended (it started at `ingest`)
 
 
 @dataclass
@@ -353,12 +352,11 @@ class Materializer:
         prepared before this one is committed); a fenced batch marks its
         partition stale and the store's position replaces it.
         """
-        started, started_ms = time.perf_counter(), now_ms()
+        started, ingest = time.perf_counter(), now_ms()  # ingest: the tie of every event applied from this fetch
         values = [[r.value for r in records] for _, _, records in selected]
         checked = self._validate([part for _, part, _ in selected], values)
-        staged = [self._stage(tp, part, records, group, started, started_ms, check)
+        staged = [self._stage(tp, part, records, group, started, check)
                   for (tp, part, records), group, check in zip(selected, values, checked, strict=True)]
-        ingest = now_ms()  # the tie of every event applied from this fetch
         by_source: dict[str, list[_Prepared]] = {}
         for p in staged:
             p.ingest = ingest
@@ -433,7 +431,7 @@ class Materializer:
         return [checked[i] for i in range(len(parts))]
 
     def _stage(self, tp: TopicPartition, part: _Partition, records: Sequence[Any], values: list[bytes | None],
-               started: float, started_ms: int, checked: TableValidation) -> _Prepared:
+               started: float, checked: TableValidation) -> _Prepared:
         """Classify one partition batch and find its Redis and log parts (no I/O, no writes yet)."""
         src = part.source
         c = classify(src.source, values, [r.offset for r in records], part.watermark, now_ms(), checked)
@@ -445,7 +443,7 @@ class Materializer:
                                             part.partition, 0)
         part.next_offset = c.offsets[-1] + 1
         part.watermark = c.watermark
-        return _Prepared(tp, part, records, c, redis_from, log_from, 0, None, started, started_ms)
+        return _Prepared(tp, part, records, c, redis_from, log_from, 0, None, started)
 
     async def _commit(self, p: _Prepared) -> None:
         """Dead letters, the fenced apply, then the event log; a fenced batch resumes from the store."""
@@ -462,7 +460,7 @@ class Materializer:
             for et in times[:: max(1, len(times) // 64)]:  # a sample is enough for the histogram
                 histogram.observe(max(0, written - et) / 1000)  # type: ignore[operator]
             if self._on_applied is not None:
-                self._on_applied(AppliedBatch(times, p.started_ms, p.prepared_ms, written))  # type: ignore[arg-type]
+                self._on_applied(AppliedBatch(times, p.ingest, p.prepared_ms, written))  # type: ignore[arg-type]
         if p.log_from < len(p.records):
             src.log.append(part.partition, log_table(src.log_schema, c, p.log_from, part.partition, p.ingest),
                            c.offsets[-1], c.watermark)
