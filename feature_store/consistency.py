@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from feature_store.definitions import StreamSource
 from feature_store.errors import FeatureStoreError
-from feature_store.offline.layout import log_glob
+from feature_store.offline.layout import log_files
 from feature_store.repo import FeatureRepo
 from schemas import PREDICTION_LOG
 
@@ -249,20 +249,21 @@ def with_prediction_log(repo: FeatureRepo, partitions: int, topic: str = PREDICT
                        services=repo.services)
 
 
-def find_prediction_log(data_dir: Path) -> str:
-    """The Parquet glob of the prediction log in the offline store, or a ConsistencyError saying it is missing."""
+def find_prediction_log(data_dir: Path) -> list[str]:
+    """The Parquet files of the prediction log in the offline store, or a ConsistencyError saying it is missing."""
     for name in PREDICTION_LOG_SOURCES:
-        glob = log_glob(data_dir, name)
-        if any(Path(glob).parent.parent.glob("date=*/*.parquet")):
-            return glob
+        files = log_files(data_dir, name)
+        if files:
+            return files
     raise ConsistencyError(
         f"no prediction log under {data_dir / 'log'} (looked for {', '.join(PREDICTION_LOG_SOURCES)}); "
         "serve some predictions with the worker running, or pass --predictions GLOB"
     )
 
 
-def load_served(glob: str, *, sample: int, seed: int = 0, model: str | None = None) -> list[ServedRow]:
-    """Up to `sample` served predictions (not fallbacks) from the Parquet files at `glob`, reproducibly sampled."""
+def load_served(glob: str | list[str], *, sample: int, seed: int = 0, model: str | None = None) -> list[ServedRow]:
+    """Up to `sample` served predictions (not fallbacks) from the Parquet files at `glob` (or listed),
+    reproducibly sampled."""
     import duckdb
 
     where = ["NOT coalesce(fallback, false)"]
@@ -284,7 +285,8 @@ def load_served(glob: str, *, sample: int, seed: int = 0, model: str | None = No
         ).fetchall()
     except duckdb.Error as exc:
         first = str(exc).splitlines()[0]
-        raise ConsistencyError(f"cannot read the prediction log {glob!r}: {first}") from None
+        where_from = glob if isinstance(glob, str) else f"{len(glob)} files under {Path(glob[0]).parent.parent}"
+        raise ConsistencyError(f"cannot read the prediction log {where_from!r}: {first}") from None
     finally:
         con.close()
     out = []

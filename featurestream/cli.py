@@ -15,6 +15,7 @@ from feature_store.logging import configure_logging
 from feature_store.settings import get_settings
 from featurestream.commands import (
     apply,
+    compact,
     consistency,
     demo,
     dlq,
@@ -54,6 +55,7 @@ app.command("consistency")(consistency.consistency)
 app.command("demo")(demo.demo)
 app.command("training-set")(training_set.training_set)
 app.command("materialize")(materialize.materialize)
+app.command("compact")(compact.compact)
 app.command("worker")(worker.worker)
 app.command("publish")(publish.publish)
 app.add_typer(dlq.app, name="dlq")

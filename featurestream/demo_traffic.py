@@ -151,18 +151,20 @@ class Traffic:
     def _log_counts(self) -> dict[str, Any]:
         import duckdb
 
-        from feature_store.offline.layout import log_glob
+        from feature_store.offline.layout import log_files
 
-        glob = log_glob(self.settings.data_dir, SOURCE)
+        files = log_files(self.settings.data_dir, SOURCE)
         con = duckdb.connect(":memory:")
         try:
+            if not files:
+                raise duckdb.IOException("no log file yet")
             rows = con.execute(
                 "SELECT __status, count(*), max(__ingest_time), max(__event_time) FROM read_parquet(?, "
-                "union_by_name := true, hive_partitioning := true) GROUP BY 1", [glob]).fetchall()
+                "union_by_name := true, hive_partitioning := true) GROUP BY 1", [files]).fetchall()
             fresh = con.execute(
                 "WITH l AS (SELECT * FROM read_parquet(?, union_by_name := true, hive_partitioning := true) "
                 "WHERE __status = 'applied') SELECT median(__ingest_time - __event_time) FROM l "
-                "WHERE __event_time >= (SELECT max(__event_time) - 2000 FROM l)", [glob]).fetchone()
+                "WHERE __event_time >= (SELECT max(__event_time) - 2000 FROM l)", [files]).fetchone()
         except duckdb.IOException:
             rows, fresh = [], None  # no log file yet
         finally:
@@ -288,29 +290,29 @@ class Traffic:
                 raise TimeoutError(f"the event log did not reach all {self.sent} records sent; see the worker log")
             time.sleep(_POLL_S)
         rows: list[Any] = []
-        glob = None
+        files = None
         while time.monotonic() < deadline:
             try:
-                glob = find_prediction_log(self.settings.data_dir)
-                rows = load_served(glob, sample=max(expected, 1) * 2)
+                files = find_prediction_log(self.settings.data_dir)
+                rows = load_served(files, sample=max(expected, 1) * 2)
             except ConsistencyError:
                 rows = []
-            if glob is not None and _logged(glob) >= expected:
-                rows = load_served(glob, sample=max(expected, 1) * 2)
+            if files is not None and _logged(files) >= expected:
+                rows = load_served(files, sample=max(expected, 1) * 2)
                 break
             time.sleep(_POLL_S)
-        if glob is None:
+        if files is None:
             raise LookupError("served predictions never reached the offline store: the worker does not log the "
                               "_predictions topic yet (issue 5/6)")
         return check(self.repo, rows, batch_recompute(self.repo, self.settings.data_dir))
 
 
-def _logged(glob: str) -> int:
+def _logged(files: list[str]) -> int:
     import duckdb
 
     con = duckdb.connect(":memory:")
     try:
-        row = con.execute("SELECT count(*) FROM read_parquet(?, union_by_name := true)", [glob]).fetchone()
+        row = con.execute("SELECT count(*) FROM read_parquet(?, union_by_name := true)", [files]).fetchone()
         return int(row[0]) if row else 0
     finally:
         con.close()

@@ -27,7 +27,7 @@ import duckdb
 from feature_store.aggregates import SEQ_PARTITION_SHIFT
 from feature_store.definitions import BatchSource, FeatureView, Source, StreamSource
 from feature_store.offline.engine import sql_list, sql_str
-from feature_store.offline.layout import batch_source_glob, log_glob
+from feature_store.offline.layout import batch_source_glob, log_files
 from feature_store.transforms import DUCKDB_TYPES, transformed_sql
 
 __all__ = ["STRUCT_ORDER", "OrderKey", "order_key", "source_files", "source_rows_sql", "view_events_sql"]
@@ -39,9 +39,9 @@ def _q(name: str) -> str:
 
 def source_files(data_dir: Path, source: Source) -> list[str]:
     """The Parquet files holding a source's rows, in a stable (sorted) order."""
-    pattern = log_glob(data_dir, source.name) if isinstance(source, StreamSource) \
-        else batch_source_glob(data_dir, source.path)
-    return sorted(glob.glob(pattern))
+    if isinstance(source, StreamSource):
+        return log_files(data_dir, source.name)
+    return sorted(glob.glob(batch_source_glob(data_dir, source.path)))
 
 
 def _empty_sql(source: Source) -> str:

@@ -10,10 +10,16 @@ A file covers offsets `first..last` (inclusive) of one partition, is written
 to a temporary name and renamed into place, so a reader never sees half a
 file and the file names say which offsets are durably logged. `date` is the
 UTC date of the batch's ingest time.
+
+Compaction (`feature_store.offline.compaction`) replaces a day's files of one
+partition with one file covering their offsets, then deletes them; a reader
+listing files in between would see both, so readers list through `log_files`,
+which leaves out a file whose offsets another file of its partition covers.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +33,7 @@ __all__ = [
     "batch_source_glob",
     "log_dir",
     "log_file_path",
-    "log_glob",
+    "log_files",
     "parse_log_file",
     "parse_log_name",
 ]
@@ -51,9 +57,33 @@ def log_dir(data_dir: Path, source: str) -> Path:
     return data_dir / "log" / source
 
 
-def log_glob(data_dir: Path, source: str) -> str:
-    """Glob for DuckDB's read_parquet over a source's whole log (hive partitioning on `date`)."""
-    return str(log_dir(data_dir, source) / "date=*" / "*.parquet")
+def log_files(data_dir: Path, source: str, *, since_day: str = "") -> list[str]:
+    """The source's log files (sorted paths) in the day folders `date=<day>` >= `since_day`.
+
+    A file whose offsets another file of its partition also covers is left
+    out: it is the input of a compaction that stopped before deleting it, and
+    its rows are in the covering file.
+    """
+    root = log_dir(data_dir, source)
+    found: list[tuple[int, int, int, str]] = []  # partition, first, last, path
+    for day in os.scandir(root) if root.is_dir() else ():
+        if day.name.startswith("date=") and day.name[5:] >= since_day and day.is_dir():
+            for entry in os.scandir(day.path):
+                parsed = parse_log_name(entry.name)
+                if parsed is not None:
+                    found.append((*parsed, entry.path))
+    return sorted(path for path in uncovered(found))
+
+
+def uncovered(files: list[tuple[int, int, int, str]]) -> list[str]:
+    """Paths of the (partition, first, last, path) files no other file of their partition covers."""
+    kept: list[str] = []
+    reach: dict[int, int] = {}  # per partition, the highest last offset of the files kept so far
+    for partition, _first, last, path in sorted(files, key=lambda f: (f[0], f[1], -f[2])):
+        if last > reach.get(partition, -1):  # sorted by first, widest first: a covered file comes after its cover
+            kept.append(path)
+            reach[partition] = last
+    return kept
 
 
 def log_file_path(data_dir: Path, source: str, partition: int, first: int, last: int, ingest_ms: int) -> Path:

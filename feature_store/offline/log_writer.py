@@ -32,9 +32,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from feature_store.errors import OfflineStoreError
 from feature_store.offline.layout import LogFile, log_dir, log_file_path, parse_log_name
 
-__all__ = ["WATERMARK_KEY", "EventLogWriter", "LogPosition"]
+__all__ = ["WATERMARK_KEY", "EventLogWriter", "FileLock", "LogPosition", "partition_lock"]
 
 WATERMARK_KEY = b"featurestream.watermark"
 """Parquet metadata key: the partition watermark (epoch ms) after the file's last row."""
@@ -77,11 +78,18 @@ class EventLogWriter:
 
     def durable(self, partition: int) -> LogPosition | None:
         """The last offset of `partition` in a committed file, and the watermark there (None: empty log)."""
-        best = self._newest_file(partition, since_day="")
-        if best is None:
-            return None
-        metadata = pq.read_schema(best.path).metadata or {}
-        return LogPosition(best.last, int(metadata.get(WATERMARK_KEY, b"0")))
+        for _ in range(3):
+            best = self._newest_file(partition, since_day="")
+            if best is None:
+                return None
+            try:
+                metadata = pq.read_schema(best.path).metadata or {}
+            except FileNotFoundError:  # compaction swapped it for a file covering it: look again
+                self._newest.pop(partition, None)
+                continue
+            return LogPosition(best.last, int(metadata.get(WATERMARK_KEY, b"0")))
+        raise OfflineStoreError(f"the newest event-log file of {self._source} partition {partition} keeps "
+                                "disappearing; is something deleting files under its log folder?")
 
     def _newest_file(self, partition: int, *, since_day: str) -> LogFile | None:
         """The file of `partition` with the highest offsets, among the day folders `date=<day>` >= `since_day`.
@@ -214,22 +222,31 @@ class EventLogWriter:
         self.flush(partition)
         self._positions.pop(partition, None)
 
-    def _lock(self, partition: int) -> _FileLock:
-        locks = self._dir / ".locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        return _FileLock(locks / f"p{partition}.lock")
+    def _lock(self, partition: int) -> FileLock:
+        return partition_lock(self._data_dir, self._source, partition)
 
 
-class _FileLock:
-    """An exclusive flock held for a `with` block."""
+def partition_lock(data_dir: Path, source: str, partition: int) -> FileLock:
+    """The lock a partition's log files are added and removed under (rolls, compaction)."""
+    return FileLock(log_dir(data_dir, source) / ".locks" / f"p{partition}.lock")
 
-    def __init__(self, path: Path) -> None:
+
+class FileLock:
+    """An exclusive flock held for a `with` block; with `wait=False`, BlockingIOError when it is held."""
+
+    def __init__(self, path: Path, *, wait: bool = True) -> None:
         self._path = path
+        self._wait = wait
         self._fd = -1
 
     def __enter__(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self._path, os.O_CREAT | os.O_RDWR, 0o644)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX if self._wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise
 
     def __exit__(self, *exc: object) -> None:
         fcntl.flock(self._fd, fcntl.LOCK_UN)

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from feature_store.definitions import BatchSource, StreamSource
-from feature_store.offline.layout import batch_source_glob, log_glob
+from feature_store.offline.engine import sql_list
+from feature_store.offline.layout import batch_source_glob, log_files
 from feature_store.repo import FeatureRepo
 
 __all__ = ["Provider", "build_summary", "source_stats"]
@@ -120,15 +121,11 @@ def source_stats(source: StreamSource | BatchSource, data_dir: Path, now_ms: int
             return out
         out["topic"] = source.topic
         out["dlq_topic"] = source.dlq_topic
-        glob = log_glob(data_dir, source.name)
-        if not _any_file(glob):
-            return out
         since = now_ms - WINDOW_MS
-        days = sorted({_day(since - 86_400_000), _day(since), _day(now_ms)})
-        con.execute(
-            f"CREATE TEMP VIEW log AS SELECT * FROM read_parquet({_literal(glob)}, hive_partitioning := true, "
-            f"union_by_name := true) WHERE date >= '{days[0]}'"
-        )
+        files = log_files(data_dir, source.name, since_day=min(_day(since - 86_400_000), _day(now_ms)))
+        if not files:
+            return out
+        con.execute(f"CREATE TEMP VIEW log AS SELECT * FROM read_parquet({sql_list(files)}, union_by_name := true)")
         for status, count in con.execute("SELECT __status, count(*) FROM log GROUP BY 1").fetchall():
             if status in ("applied", "late", "invalid"):
                 out[status] = int(count)
@@ -162,10 +159,6 @@ def _any_file(glob: str) -> bool:
     path = Path(glob)
     anchor = next((p for p in path.parents if "*" not in str(p)), Path("/"))
     return any(anchor.glob(str(path.relative_to(anchor))))
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _day(ms: int) -> str:

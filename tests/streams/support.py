@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from feature_store.definitions import Aggregation, Entity, FeatureView, StreamSource
 from feature_store.examples.card_fraud import features as card_fraud
-from feature_store.offline.layout import log_dir
+from feature_store.offline.layout import log_files
 from feature_store.repo import FeatureRepo
 from feature_store.settings import Settings
 from schemas import EventSchema, Field
@@ -103,7 +103,7 @@ def consumed(materializer: Materializer, source: str) -> int:
 
 
 def read_log(data_dir: Path, source: str) -> pa.Table:
-    files = sorted(log_dir(data_dir, source).glob("date=*/*.parquet"))
+    files = log_files(data_dir, source)
     if not files:
         return pa.table({})
     return pa.concat_tables([pq.read_table(f).replace_schema_metadata(None) for f in files])
