@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -97,7 +98,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         report = compact_log(data_dir, before_day="2026-01-02")
         compact_s = time.perf_counter() - start
         after_s, after = _query_s(data_dir, source)
-        assert after == before, (before, after)  # the same rows, read the same way
+        # the same rows, read the same way (the float sum may differ in its last bits: another summation order)
+        assert after[0::2] == before[0::2], (before, after)
+        assert math.isclose(after[1], before[1], rel_tol=1e-12), (before, after)
         return {
             "bench": "compaction",
             "machine_speed": {"before": speed_before, "after": speed_probe()},

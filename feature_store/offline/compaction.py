@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from feature_store.errors import OfflineStoreError
-from feature_store.offline.layout import log_dir, parse_log_name, uncovered
+from feature_store.offline.layout import LogFile, day_folders, log_dir, parse_log_name, uncovered
 from feature_store.offline.log_writer import FileLock, partition_lock
 
 __all__ = ["CompactionReport", "compact_log", "compaction_plan"]
@@ -44,21 +44,13 @@ _TEMP_MARK = ".tmp-"
 
 
 @dataclass(frozen=True, slots=True)
-class _File:
-    partition: int
-    first: int
-    last: int
-    path: Path
-
-
-@dataclass(frozen=True, slots=True)
 class _Day:
     """One partition's files in one closed day folder of one source."""
 
     source: str
     folder: Path
     partition: int
-    files: list[_File]  # uncovered, in offset order
+    files: list[LogFile]  # uncovered, in offset order
     covered: list[Path]  # left behind by a compaction that stopped before its deletes
     temp: list[Path]  # half-written by a writer or compaction that crashed (no one writes into a closed day)
 
@@ -80,7 +72,10 @@ def compaction_plan(data_dir: Path, *, before_day: str, sources: list[str] | Non
         sources = [p.name for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
     out = []
     for source in sorted(sources):
-        for folder in _closed_days(log_dir(data_dir, source), before_day):
+        for day, name in day_folders(data_dir, source):
+            if day >= before_day:
+                break
+            folder = Path(name)
             by_partition: dict[int, list[tuple[int, int, int, str]]] = {}
             temp: dict[int, list[Path]] = {}
             for entry in os.scandir(folder):
@@ -94,7 +89,7 @@ def compaction_plan(data_dir: Path, *, before_day: str, sources: list[str] | Non
             for partition in sorted(by_partition.keys() | temp.keys()):
                 found = by_partition.get(partition, [])
                 kept = set(uncovered(found))
-                files = [_File(p, f, la, Path(path)) for p, f, la, path in sorted(found) if path in kept]
+                files = [LogFile(Path(path), p, f, la) for p, f, la, path in sorted(found) if path in kept]
                 covered = [Path(path) for *_, path in found if path not in kept]
                 if len(files) > 1 or covered or partition in temp:
                     out.append(_Day(source, folder, partition, files, covered, temp.get(partition, [])))
@@ -102,13 +97,15 @@ def compaction_plan(data_dir: Path, *, before_day: str, sources: list[str] | Non
 
 
 def compact_log(data_dir: Path, *, before_day: str, sources: list[str] | None = None, max_rows: int = 5_000_000,
-                on_file: Callable[[int], None] | None = None) -> CompactionReport:
+                on_progress: Callable[[int, int], None] | None = None) -> CompactionReport:
     """Merge each closed day's log files per partition into files of at most `max_rows` rows.
 
-    `on_file(n)` hears of every n input files done (for progress). Raises
-    OfflineStoreError when another compaction of a source is running.
+    `on_progress(done, total)` hears how many of the files to look at are
+    done. Raises OfflineStoreError when another compaction of a source is
+    running.
     """
     plan = compaction_plan(data_dir, before_day=before_day, sources=sources)
+    total, done = sum(len(day.files) for day in plan), 0
     before = after = rows = bytes_before = bytes_after = 0
     for source in sorted({day.source for day in plan}):
         with _compaction_lock(data_dir, source):
@@ -128,21 +125,15 @@ def compact_log(data_dir: Path, *, before_day: str, sources: list[str] | None = 
                         after += 1
                         rows += n
                         bytes_after += merged.stat().st_size
-                    if on_file is not None:
-                        on_file(len(run))
+                    done += len(run)
+                    if on_progress is not None:
+                        on_progress(done, total)
     return CompactionReport(before, after, rows, bytes_before, bytes_after, len(plan))
 
 
-def _closed_days(root: Path, before_day: str) -> Iterator[Path]:
-    if root.is_dir():
-        for entry in sorted(os.scandir(root), key=lambda e: e.name):
-            if entry.name.startswith("date=") and entry.name[5:] < before_day and entry.is_dir():
-                yield Path(entry.path)
-
-
-def _runs(files: list[_File], max_rows: int) -> Iterator[list[_File]]:
+def _runs(files: list[LogFile], max_rows: int) -> Iterator[list[LogFile]]:
     """Consecutive files sharing a schema, at most `max_rows` rows together (a larger file is a run alone)."""
-    run: list[_File] = []
+    run: list[LogFile] = []
     schema: pa.Schema | None = None
     rows = 0
     for f in files:
@@ -158,7 +149,7 @@ def _runs(files: list[_File], max_rows: int) -> Iterator[list[_File]]:
         yield run
 
 
-def _merge(data_dir: Path, source: str, partition: int, run: list[_File]) -> tuple[Path, int]:
+def _merge(data_dir: Path, source: str, partition: int, run: list[LogFile]) -> tuple[Path, int]:
     """Write `run` as one file, swap it in for its inputs; (its path, its rows)."""
     dest = run[0].path.with_name(f"p{partition}-{run[0].first}-{run[-1].last}.parquet")
     tmp = dest.with_name(f".{dest.name}{_TEMP_MARK}{os.getpid()}")

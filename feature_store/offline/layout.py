@@ -31,6 +31,7 @@ __all__ = [
     "LogFile",
     "Status",
     "batch_source_glob",
+    "day_folders",
     "log_dir",
     "log_file_path",
     "log_files",
@@ -64,15 +65,22 @@ def log_files(data_dir: Path, source: str, *, since_day: str = "") -> list[str]:
     out: it is the input of a compaction that stopped before deleting it, and
     its rows are in the covering file.
     """
-    root = log_dir(data_dir, source)
     found: list[tuple[int, int, int, str]] = []  # partition, first, last, path
-    for day in os.scandir(root) if root.is_dir() else ():
-        if day.name.startswith("date=") and day.name[5:] >= since_day and day.is_dir():
-            for entry in os.scandir(day.path):
+    for day, folder in day_folders(data_dir, source):
+        if day >= since_day:
+            for entry in os.scandir(folder):
                 parsed = parse_log_name(entry.name)
                 if parsed is not None:
                     found.append((*parsed, entry.path))
-    return sorted(path for path in uncovered(found))
+    return sorted(uncovered(found))
+
+
+def day_folders(data_dir: Path, source: str) -> list[tuple[str, str]]:
+    """(day, folder path) of each `date=<day>` folder of the source's log, by day."""
+    root = log_dir(data_dir, source)
+    days = [(e.name[5:], e.path) for e in os.scandir(root) if e.name.startswith("date=") and e.is_dir()] \
+        if root.is_dir() else []
+    return sorted(days)
 
 
 def uncovered(files: list[tuple[int, int, int, str]]) -> list[str]:

@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from feature_store.errors import OfflineStoreError
-from feature_store.offline.layout import LogFile, log_dir, log_file_path, parse_log_name
+from feature_store.offline.layout import LogFile, day_folders, log_dir, log_file_path, parse_log_name
 
 __all__ = ["WATERMARK_KEY", "EventLogWriter", "FileLock", "LogPosition", "partition_lock"]
 
@@ -103,10 +103,10 @@ class EventLogWriter:
         best_last = -1 if best is None else best.last
         found: tuple[tuple[int, int, int], str] | None = None  # a newer file: (partition, first, last), path
         prefix = f"p{partition}-"
-        for day in os.scandir(self._dir) if self._dir.is_dir() else ():
-            if not (day.name.startswith("date=") and day.name[5:] >= since_day and day.is_dir()):
+        for day, folder in day_folders(self._data_dir, self._source):
+            if day < since_day:
                 continue
-            for entry in os.scandir(day.path):  # names only: making each a Path was most of the cost
+            for entry in os.scandir(folder):  # names only: making each a Path was most of the cost
                 parsed = parse_log_name(entry.name) if entry.name.startswith(prefix) else None
                 if parsed is not None and parsed[2] > best_last:
                     best_last, found = parsed[2], (parsed, entry.path)

@@ -39,7 +39,7 @@ def compact(
     """
     from rich.console import Console
 
-    from feature_store.offline.compaction import compact_log, compaction_plan
+    from feature_store.offline.compaction import compact_log
     from featurestream.commands._batch_progress import fraction_bar
 
     settings = load_settings(**({"data_dir": data_dir} if data_dir is not None else {}))
@@ -49,15 +49,9 @@ def compact(
     except ValueError:
         raise OfflineStoreError(f"--before {day!r} is not a day; write YYYY-MM-DD, e.g. 2026-01-31") from None
     console = Console(stderr=True, highlight=False)
-    total = sum(len(d.files) for d in compaction_plan(settings.data_dir, before_day=day, sources=source))
-    done = 0
     with fraction_bar(console, f"compacting the event log before {day}") as progress:
-        def on_file(n: int) -> None:
-            nonlocal done
-            done += n
-            progress(done / max(total, 1))
-
-        report = compact_log(settings.data_dir, before_day=day, sources=source, max_rows=max_rows, on_file=on_file)
+        report = compact_log(settings.data_dir, before_day=day, sources=source, max_rows=max_rows,
+                             on_progress=lambda done, total: progress(done / total))
     typer.echo(f"compacted {report.files_before:,} files into {report.files_after:,} "
                f"({report.rows:,} rows merged, {report.bytes_before / 1e6:,.1f} -> {report.bytes_after / 1e6:,.1f} "
                f"MB) in {report.days:,} partition-days before {day}")
