@@ -10,6 +10,8 @@ Prometheus registry of its own. Each resource has one router.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,10 +23,13 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from starlette.concurrency import run_in_threadpool
 
+from feature_store.errors import FeatureStoreError
 from feature_store.expressions import derived_expressions
 from feature_store.models import ModelRegistry
 from feature_store.online import KeyLayout, OnlineReader
+from feature_store.registry import DefinitionsWatch, load_live_repo
 from feature_store.repo import FeatureRepo
 from feature_store.settings import Settings
 from serving.errors import install_error_handlers
@@ -52,10 +57,28 @@ def _redis(url: str, config: ServingConfig) -> aioredis.Redis:
     )
 
 
-def _load_repo(settings: Settings, repo_path: Path | None) -> FeatureRepo:
-    from feature_store.registry import load_live_repo
+def _check_derived(repo: FeatureRepo) -> None:
+    """Derived features of every service compile (DefinitionError names the bad one)."""
+    for service in repo.services.values():
+        derived_expressions(service, repo)
 
-    return load_live_repo(settings, repo_path)
+
+async def _follow_definitions(app: FastAPI, watch: DefinitionsWatch, every_s: float) -> None:
+    """Serve what each new `featurestream apply` made live, within `every_s`; a bad one is logged and skipped."""
+    state: ServingState = app.state.serving
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            repo = await run_in_threadpool(watch.changed)
+            if repo is None:
+                continue
+            _check_derived(repo)
+        except FeatureStoreError as exc:
+            log.error("definitions_not_reloaded", error=str(exc), keeping=sorted(state.repo.services))
+            continue
+        await state.use_definitions(repo)
+        app.state.repo = repo
+        log.info("definitions_reloaded", services=sorted(repo.services), views=sorted(repo.views))
 
 
 def create_app(settings: Settings, repo: FeatureRepo | None = None, *, repo_path: Path | None = None,
@@ -63,12 +86,14 @@ def create_app(settings: Settings, repo: FeatureRepo | None = None, *, repo_path
     """The serving app. Without `repo`, definitions come from the registry (else the file at `repo_path`).
 
     Derived features of every service are checked here, so a bad expression
-    fails the start (DefinitionError), not a request.
+    fails the start (DefinitionError), not a request. An app that loaded its
+    definitions itself follows later applies (`ServingConfig.definitions_poll_s`).
     """
     config = config or ServingConfig()
-    repo = repo if repo is not None else _load_repo(settings, repo_path)
-    for service in repo.services.values():
-        derived_expressions(service, repo)
+    watch = DefinitionsWatch(settings, repo_path) if repo is None and config.definitions_poll_s > 0 else None
+    if repo is None:
+        repo = watch.load() if watch is not None else load_live_repo(settings, repo_path)
+    _check_derived(repo)
     metrics = Metrics()
     registry = ModelRegistry.from_settings(settings)
 
@@ -87,11 +112,17 @@ def create_app(settings: Settings, repo: FeatureRepo | None = None, *, repo_path
         gc.freeze()
         thresholds = gc.get_threshold()
         gc.set_threshold(thresholds[0], thresholds[1], 100)
+        follow = None if watch is None else asyncio.create_task(
+            _follow_definitions(app, watch, config.definitions_poll_s))
         log.info("serving_started", redis=bool(settings.redis), kafka=bool(settings.kafka),
-                 services=sorted(repo.services), models=len(registry.names()))
+                 services=sorted(state.repo.services), models=len(registry.names()))
         try:
             yield
         finally:
+            if follow is not None:
+                follow.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await follow
             gc.set_threshold(*thresholds)
             gc.unfreeze()
             await state.prediction_log.stop()

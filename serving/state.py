@@ -34,6 +34,7 @@ class ServingConfig:
     prediction_topic: str = "_predictions"
     prediction_buffer: int = 10_000
     model_ttl_s: float = 1.0
+    definitions_poll_s: float = 2.0  # how often an app built from the registry looks for a new apply (0: never)
     max_push_events: int = 10_000
     push_retry_s: float = 5.0
 
@@ -78,6 +79,12 @@ class ServingState:
             self._publisher = None
             raise
         return self._publisher
+
+    async def use_definitions(self, repo: FeatureRepo) -> None:
+        """Serve `repo` from now on (a new apply); requests already running finish with the old definitions."""
+        self.repo = repo
+        self._queries = {}
+        await self.close_publisher()  # it validates pushed events against the old schemas
 
     async def close_publisher(self) -> None:
         publisher, self._publisher = self._publisher, None

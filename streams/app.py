@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import faust
+import structlog
 from mode import Service
 
 from feature_store.consistency import with_prediction_log
-from feature_store.errors import ConfigError
+from feature_store.errors import ConfigError, FeatureStoreError
+from feature_store.registry import DefinitionsWatch
 from feature_store.repo import FeatureRepo
 from feature_store.settings import Settings
 from streams.labels import FlowConfig
@@ -29,6 +32,8 @@ from streams.materializer import Materializer, MaterializerConfig
 from streams.metrics import WorkerMetrics
 
 __all__ = ["WorkerOptions", "create_app", "materializer_config"]
+
+log = structlog.get_logger("featurestream.worker")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,6 +45,7 @@ class WorkerOptions:
     min_fetch_interval_ms: int = 40
     log_max_rows: int = 100_000
     log_max_age_s: float = 5.0
+    definitions_poll_s: float = 5.0  # how often to look for a new apply (with a DefinitionsWatch; 0: never)
 
 
 def materializer_config(settings: Settings, options: WorkerOptions) -> MaterializerConfig:
@@ -57,12 +63,25 @@ def materializer_config(settings: Settings, options: WorkerOptions) -> Materiali
 
 
 class MaterializerService(Service):
-    """Hosts one Materializer in the Faust app: start, run the batch loop, flush and close on stop."""
+    """Hosts the Materializer in the Faust app: start, run the batch loop, flush and close on stop.
 
-    materializer: ClassVar[Materializer]
+    With a `DefinitionsWatch`, a new apply that changes what the stream path
+    computes (a stream source, an online view) replaces the materializer: the
+    old one stops cleanly (event log flushed, partitions released) and a new
+    one resumes every partition from the stored offsets, so no event is lost
+    or counted twice. A new view's state starts from the events consumed
+    after the switch (`featurestream materialize` backfills the past).
+    """
+
+    first: ClassVar[Materializer]
+    build: ClassVar[Callable[[FeatureRepo], Materializer]]
+    watch: ClassVar[DefinitionsWatch | None] = None
+    poll_s: ClassVar[float] = 5.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.materializer = self.first
+        self._next: Materializer | None = None  # the replacement, once the current one stops
         self._done = asyncio.Event()
 
     async def on_start(self) -> None:
@@ -70,28 +89,62 @@ class MaterializerService(Service):
 
     async def on_started(self) -> None:
         self.add_future(self._run())
+        if self.watch is not None and self.poll_s > 0:
+            self.add_future(self._follow_definitions(self.watch))
 
     async def _run(self) -> None:
         try:
-            await self.materializer.run()
+            while True:
+                await self.materializer.run()
+                replacement, self._next = self._next, None
+                if replacement is None:
+                    return
+                await self.materializer.stop()
+                self.materializer = replacement
+                await replacement.start()
+                log.info("definitions reloaded", topics=replacement.topics)
         finally:
             self._done.set()
 
+    async def _follow_definitions(self, watch: DefinitionsWatch) -> None:
+        """Swap in a materializer built from each apply that changes the stream path (see the class doc)."""
+        while not self._done.is_set():
+            await asyncio.sleep(self.poll_s)
+            try:
+                repo = await asyncio.to_thread(watch.changed)
+                replacement = None if repo is None else type(self).build(repo)
+            except FeatureStoreError as exc:
+                log.error("definitions not reloaded; the worker keeps the running ones", error=str(exc))
+                continue
+            if replacement is None or replacement.definitions == self.materializer.definitions:
+                continue
+            self._next = replacement
+            self.materializer.request_stop()
+
     async def on_stop(self) -> None:
+        self._next = None
         self.materializer.request_stop()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._done.wait(), timeout=10)
         await self.materializer.stop()
 
 
-def create_app(settings: Settings, repo: FeatureRepo, options: WorkerOptions | None = None) -> faust.App:
-    """The worker's Faust app; `faust.Worker(app).execute_from_commandline()` runs it."""
+def create_app(settings: Settings, repo: FeatureRepo, options: WorkerOptions | None = None, *,
+               watch: DefinitionsWatch | None = None) -> faust.App:
+    """The worker's Faust app; `faust.Worker(app).execute_from_commandline()` runs it.
+
+    With `watch` (the one `repo` was loaded through), later applies reach the
+    running worker (`MaterializerService`).
+    """
     options = options or WorkerOptions()
     config = materializer_config(settings, options)
     metrics = WorkerMetrics()
     metrics.serve(options.metrics_port)
-    # the prediction log topic is appended to the offline store too (consistency checks read it)
-    materializer = Materializer(config, with_prediction_log(repo, settings.partitions), metrics=metrics)
+
+    def build(live: FeatureRepo) -> Materializer:
+        # the prediction log topic is appended to the offline store too (consistency checks read it)
+        return Materializer(config, with_prediction_log(live, settings.partitions), metrics=metrics)
+
     app = faust.App(
         f"{options.group_id}-app",
         broker=f"kafka://{config.bootstrap}",
@@ -104,6 +157,8 @@ def create_app(settings: Settings, repo: FeatureRepo, options: WorkerOptions | N
         autodiscover=False,
         processing_guarantee="at_least_once",
     )
-    app.service(type("BoundMaterializerService", (MaterializerService,), {"materializer": materializer}))
+    app.service(type("BoundMaterializerService", (MaterializerService,),
+                     {"first": build(repo), "build": staticmethod(build), "watch": watch,
+                      "poll_s": options.definitions_poll_s}))
     install_label_flows(app, settings, FlowConfig(prefix=options.prefix))  # labels, online learning (issue 7)
     return app

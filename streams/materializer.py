@@ -37,7 +37,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 
 from feature_store.aggregates import NO_ORDER
-from feature_store.definitions import StreamSource
+from feature_store.definitions import FeatureView, StreamSource
 from feature_store.errors import BrokerUnavailable, OnlineStoreUnavailable
 from feature_store.offline.log_writer import EventLogWriter
 from feature_store.online.keys import KeyLayout
@@ -174,6 +174,11 @@ class Materializer:
     @property
     def topics(self) -> list[str]:
         return sorted(self._sources)
+
+    @property
+    def definitions(self) -> dict[str, tuple[StreamSource, list[FeatureView]]]:
+        """Per topic, the source and online views this worker computes: equal ones compute the same writes."""
+        return {topic: (src.source, src.plan.views) for topic, src in self._sources.items()}
 
     # -- lifecycle ---------------------------------------------------------------------
 
