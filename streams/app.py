@@ -82,6 +82,7 @@ class MaterializerService(Service):
         super().__init__(*args, **kwargs)
         self.materializer = self.first
         self._next: Materializer | None = None  # the replacement, once the current one stops
+        self._stopping = False
         self._done = asyncio.Event()
 
     async def on_start(self) -> None:
@@ -100,6 +101,8 @@ class MaterializerService(Service):
                 if replacement is None:
                     return
                 await self.materializer.stop()
+                if self._stopping:  # the worker is stopping: do not start the replacement
+                    return
                 self.materializer = replacement
                 await replacement.start()
                 log.info("definitions reloaded", topics=replacement.topics)
@@ -122,6 +125,7 @@ class MaterializerService(Service):
             self.materializer.request_stop()
 
     async def on_stop(self) -> None:
+        self._stopping = True
         self._next = None
         self.materializer.request_stop()
         with contextlib.suppress(TimeoutError):
