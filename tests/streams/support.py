@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,6 +59,32 @@ def events_repo(topic: str, *, partitions: int = 2, lateness: str = "1m") -> Fea
                                                   name="mean_1h")])
     last = FeatureView(name="last", entity=user, source=source, fields=["amount", "label", "shop"], ttl="1h")
     return FeatureRepo.from_definitions([spend, shops, last])
+
+
+ROOT = Path(__file__).resolve().parents[2]
+CLI = str(Path(sys.executable).with_name("featurestream"))
+
+
+def spawn_worker(settings: Settings, data_dir: Path, prefix: str, group: str, *args: str, registry: Path | None = None,
+                 log_level: str = "WARNING") -> subprocess.Popen[bytes]:
+    """A real `featurestream worker ARGS` process (its own session, output appended to a log file in `data_dir`'s
+    parent), with the short consumer timings that keep rebalances after a kill quick."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEATURESTREAM_")}
+    env.update({"FEATURESTREAM_KAFKA": str(settings.kafka), "FEATURESTREAM_REDIS": str(settings.redis),
+                "FEATURESTREAM_DATA_DIR": str(data_dir), "FEATURESTREAM_ONLINE_PREFIX": prefix,
+                "FEATURESTREAM_WORKER_GROUP": group,
+                "FEATURESTREAM_REGISTRY": str(registry or data_dir / "no-registry.db"),
+                "FEATURESTREAM_LOG_LEVEL": log_level, "PYTHONPATH": str(ROOT),
+                # a dead member leaves the group after the session timeout: keep restarts short
+                "FEATURESTREAM_KAFKA_SESSION_TIMEOUT_S": "3", "FEATURESTREAM_KAFKA_HEARTBEAT_S": "0.5"})
+    log = open(worker_log(data_dir, group), "ab")  # noqa: SIM115  # closed by the child's exit
+    return subprocess.Popen([CLI, "worker", *args], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def worker_log(data_dir: Path, group: str) -> Path:
+    """Where `spawn_worker` writes the output of the workers of `group`."""
+    return data_dir.parent / f"worker-{group}.log"
 
 
 def card_fraud_repo(topic: str) -> FeatureRepo:

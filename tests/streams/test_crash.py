@@ -9,11 +9,9 @@ status) of the crashed pipeline equal the reference's.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,11 +23,8 @@ from feature_store.publish import EventPublisher
 from feature_store.settings import Settings
 from streams.materializer import Materializer
 from tests.streams.snapshot import assert_same_state, log_rows, redis_state
-from tests.streams.support import config, events_repo
+from tests.streams.support import config, events_repo, spawn_worker
 from tests.streams.test_end_to_end import generate
-
-ROOT = Path(__file__).resolve().parents[2]
-CLI = str(Path(sys.executable).with_name("featurestream"))
 
 
 def _repo_file(tmp_path: Path, topic: str, partitions: int) -> Path:
@@ -43,17 +38,8 @@ def _repo_file(tmp_path: Path, topic: str, partitions: int) -> Path:
 
 
 def _spawn(settings: Settings, repo_file: Path, data_dir: Path, prefix: str, group: str) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FEATURESTREAM_")}
-    env.update({"FEATURESTREAM_KAFKA": str(settings.kafka), "FEATURESTREAM_REDIS": str(settings.redis),
-                "FEATURESTREAM_DATA_DIR": str(data_dir), "FEATURESTREAM_ONLINE_PREFIX": prefix,
-                "FEATURESTREAM_WORKER_GROUP": group, "FEATURESTREAM_REGISTRY": str(data_dir / "no-registry.db"),
-                "FEATURESTREAM_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT),
-                # a dead member leaves the group after the session timeout: keep restarts short
-                "FEATURESTREAM_KAFKA_SESSION_TIMEOUT_S": "3", "FEATURESTREAM_KAFKA_HEARTBEAT_S": "0.5"})
-    log = open(data_dir.parent / f"worker-{group}-{os.urandom(3).hex()}.log", "wb")  # noqa: SIM115  # closed by the child's exit
-    return subprocess.Popen([CLI, "worker", "--repo", str(repo_file), "--max-records", "150",
-                             "--log-roll-seconds", "0.3"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return spawn_worker(settings, data_dir, prefix, group, "--repo", str(repo_file), "--max-records", "150",
+                        "--log-roll-seconds", "0.3")
 
 
 async def _applied(redis: aioredis.Redis, keys: KeyLayout, repo_source: object, partitions: int) -> list[int]:

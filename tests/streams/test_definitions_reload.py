@@ -9,7 +9,6 @@ view's state must equal an uninterrupted reference run's.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import time
@@ -26,21 +25,9 @@ from feature_store.repo import FeatureRepo
 from feature_store.settings import Settings
 from streams.materializer import Materializer
 from tests.streams.snapshot import assert_same_state, redis_state
-from tests.streams.support import config, consumed, events_repo, read_log, run_until
-from tests.streams.test_crash import CLI, ROOT, _applied, _publish
+from tests.streams.support import config, consumed, events_repo, read_log, run_until, spawn_worker, worker_log
+from tests.streams.test_crash import _applied, _publish
 from tests.streams.test_end_to_end import generate
-
-
-def _spawn(settings: Settings, registry: Path, data_dir: Path, prefix: str, group: str) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FEATURESTREAM_")}
-    env.update({"FEATURESTREAM_KAFKA": str(settings.kafka), "FEATURESTREAM_REDIS": str(settings.redis),
-                "FEATURESTREAM_DATA_DIR": str(data_dir), "FEATURESTREAM_ONLINE_PREFIX": prefix,
-                "FEATURESTREAM_WORKER_GROUP": group, "FEATURESTREAM_REGISTRY": str(registry),
-                "FEATURESTREAM_LOG_LEVEL": "INFO", "PYTHONPATH": str(ROOT),
-                "FEATURESTREAM_KAFKA_SESSION_TIMEOUT_S": "3", "FEATURESTREAM_KAFKA_HEARTBEAT_S": "0.5"})
-    log = open(data_dir / "worker.log", "wb")  # noqa: SIM115  # closed by the child's exit
-    return subprocess.Popen([CLI, "worker", "--definitions-poll-seconds", "0.2", "--log-roll-seconds", "0.3"],
-                            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 async def _until_applied(redis: aioredis.Redis, keys: KeyLayout, repo: FeatureRepo, want: list[int],
@@ -72,13 +59,15 @@ async def test_worker_follows_an_apply_without_loss_or_double_count(settings: Se
     prefix, keys = f"w{unique}", KeyLayout(f"w{unique}")
     async with EventPublisher(settings, full):  # topics exist before anyone subscribes
         pass
-    proc = _spawn(settings, registry, data_dir, prefix, f"reload-{unique}")
+    group = f"reload-{unique}"
+    proc = spawn_worker(settings, data_dir, prefix, group, "--definitions-poll-seconds", "0.2", "--log-roll-seconds",
+                        "0.3", registry=registry, log_level="INFO")
     try:
         await _publish(settings, full, first, rate=3000)
         await _until_applied(redis_client, keys, full, offsets(first), proc)
         Registry(registry).apply(after, applied_by="test")
         deadline = time.monotonic() + 30
-        while b"definitions reloaded" not in (data_dir / "worker.log").read_bytes():
+        while b"definitions reloaded" not in worker_log(data_dir, group).read_bytes():
             assert proc.poll() is None, "the worker exited on its own"
             assert time.monotonic() < deadline, "the worker did not switch to the applied definitions"
             await asyncio.sleep(0.1)
@@ -86,7 +75,7 @@ async def test_worker_follows_an_apply_without_loss_or_double_count(settings: Se
         await _until_applied(redis_client, keys, full, offsets(stream), proc)
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0, (data_dir / "worker.log").read_text()[-3000:]
+        assert proc.wait(timeout=30) == 0, worker_log(data_dir, group).read_text()[-3000:]
 
     # the view that ran throughout: the same state as an uninterrupted worker's
     reference = Materializer(config(settings, f"{unique}ref", prefix=f"r{unique}", data_dir=tmp_path / "reference",
