@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ssl
 import time
 import uuid
@@ -65,6 +66,8 @@ from feature_store.errors import OfflineStoreError, OnlineStoreUnavailable
 from feature_store.offline.engine import connect
 from feature_store.offline.events import STRUCT_ORDER, order_key, view_events_sql
 from feature_store.online import KeyLayout
+from feature_store.online.client import OnlineClient
+from feature_store.online.keys import hash_tag
 from feature_store.windows import DAY_MS, tile_start
 
 __all__ = ["EXPIRE_MARGIN_MS", "READER_MARKERS", "MaterializeReport", "materialize"]
@@ -98,24 +101,31 @@ class MaterializeReport:
 
 @dataclass(frozen=True)
 class _Block:
-    """Encoded RESP commands of some keys: key i's commands are data[offsets[i]:offsets[i + 1]]."""
+    """Encoded RESP commands of some keys: key i's commands are data[offsets[i]:offsets[i + 1]].
+
+    Key i lives in partition partitions[i] of `source` (its hash tag: where it lives on a Redis Cluster).
+    """
 
     view: str
     data: memoryview
     offsets: np.ndarray
     commands_per_key: int
     tiles: int
+    source: str
+    partitions: np.ndarray
 
     @property
     def keys(self) -> int:
         return len(self.offsets) - 1
 
 
-def _block(view: str, commands: pa.Array, commands_per_key: int, tiles: int = 0) -> _Block:
-    """Wrap a large_binary column holding the commands of one key per row."""
+def _block(view: FeatureView, commands: pa.Array, partitions: pa.Array, commands_per_key: int,
+           tiles: int = 0) -> _Block:
+    """Wrap a large_binary column holding the commands of one key per row (in partition `partitions[row]`)."""
     _, offsets, data = commands.buffers()
     bounds = np.frombuffer(offsets, dtype=np.int64)[commands.offset:commands.offset + len(commands) + 1]
-    return _Block(view, memoryview(data if data is not None else b""), bounds, commands_per_key, tiles)
+    return _Block(view.name, memoryview(data if data is not None else b""), bounds, commands_per_key, tiles,
+                  view.source.name, partitions.to_numpy(zero_copy_only=False))
 
 
 class _Writer:
@@ -129,9 +139,9 @@ class _Writer:
     are counted, not parsed; any error reply fails the run.
     """
 
-    def __init__(self, redis: aioredis.Redis, chunk: int) -> None:
-        self._settings = dict(redis.connection_pool.connection_kwargs)
-        self._tls = issubclass(redis.connection_pool.connection_class, SSLConnection)
+    def __init__(self, settings: dict[str, Any], connection_class: type, chunk: int) -> None:
+        self._settings = settings
+        self._tls = issubclass(connection_class, SSLConnection)
         self._chunk = max(chunk, 1)
         self._unread = 0
         self._partial = b""
@@ -196,6 +206,58 @@ class _Writer:
             self._streams = None
 
 
+class _ClusterWriter:
+    """A `_Writer` per node of a Redis Cluster: each key's commands go to the node owning its hash tag's slot.
+
+    Keys come sorted by partition (one hash tag each), so a block splits into
+    a few runs of consecutive keys, each copied once into its node's share.
+    """
+
+    def __init__(self, cluster: aioredis.RedisCluster, chunk: int) -> None:
+        self._cluster = cluster
+        self._chunk = chunk
+        self._writers: dict[str, _Writer] = {}
+
+    @property
+    def commands(self) -> int:
+        return sum(w.commands for w in self._writers.values())
+
+    async def send(self, block: _Block) -> None:
+        await self._cluster.initialize()
+        by_node: dict[str, tuple[Any, list[tuple[int, int]]]] = {}
+        change = np.flatnonzero(np.diff(block.partitions)) + 1
+        for first, last in zip(np.append(0, change), np.append(change, block.keys), strict=True):
+            tag = hash_tag(block.source, int(block.partitions[first]))
+            node = self._cluster.get_node_from_key(tag)
+            if node is None:
+                raise RedisConnectionError(f"no Redis Cluster node serves the slot of {tag}")
+            by_node.setdefault(node.name, (node, []))[1].append((int(first), int(last)))
+        for name, (node, runs) in by_node.items():
+            writer = self._writers.get(name)
+            if writer is None:
+                writer = self._writers[name] = _Writer(dict(node.connection_kwargs), node.connection_class,
+                                                       self._chunk)
+            data = b"".join(block.data[block.offsets[a]:block.offsets[b]] for a, b in runs)
+            sizes = np.concatenate([np.diff(block.offsets[a:b + 1]) for a, b in runs])
+            await writer.send(dataclasses.replace(block, data=memoryview(data),
+                                                  offsets=np.concatenate([[0], np.cumsum(sizes)])))
+
+    async def close(self) -> None:
+        for writer in self._writers.values():
+            await writer.close()
+
+    async def disconnect(self) -> None:
+        for writer in self._writers.values():
+            await writer.disconnect()
+
+
+def _writer(redis: OnlineClient, chunk: int) -> _Writer | _ClusterWriter:
+    if isinstance(redis, aioredis.RedisCluster):
+        return _ClusterWriter(redis, chunk)
+    pool = redis.connection_pool
+    return _Writer(dict(pool.connection_kwargs), pool.connection_class, chunk)
+
+
 def _key_parts(keys: KeyLayout, view: FeatureView, hop_ms: int | None) -> tuple[pa.Array, pa.Array]:
     """Per partition, the key text before and after the entity (`keys.state_key` is the one layout)."""
     marker = "\x00"
@@ -205,15 +267,16 @@ def _key_parts(keys: KeyLayout, view: FeatureView, hop_ms: int | None) -> tuple[
 
 
 def _state_keys(view: FeatureView, parts: tuple[pa.Array, pa.Array], entity: pa.Array,
-                partition: pa.Array) -> pa.Array:
-    """Keys of state rows: the log's partition, else `partition_for(entity)` (batch rows carry none)."""
+                partition: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """Keys of state rows and their partitions: the log's partition, else `partition_for(entity)` (batch rows
+    carry none)."""
     if partition.null_count == len(partition):
         index = pa.array(partitions(entity, view.source.partitions))
     elif partition.null_count:
         index = pc.coalesce(partition.cast(pa.int64()), pa.array(partitions(entity, view.source.partitions)))
     else:
         index = partition.cast(pa.int64())
-    return concat(parts[0].take(index), key_text(entity), parts[1].take(index))
+    return concat(parts[0].take(index), key_text(entity), parts[1].take(index)), index
 
 
 def _segments(rows: pa.Array, starts: np.ndarray) -> pa.Array:
@@ -248,9 +311,9 @@ def _latest_blocks(con: duckdb.DuckDBPyConnection, events: str, view: FeatureVie
         if not batch.num_rows:
             continue
         cols = batch.columns
-        state_keys = _state_keys(view, parts, cols[0], cols[1])
+        state_keys, index = _state_keys(view, parts, cols[0], cols[1])
         values = msgpack_rows(cols[2:])
-        yield _block(view.name, concat(head, bulk(state_keys), bulk(values), constant(expire)), 1)
+        yield _block(view, concat(head, bulk(state_keys), bulk(values), constant(expire)), index, 1)
 
 
 def _whole_keys(batches: Iterable[pa.RecordBatch]) -> Iterator[tuple[pa.Table, np.ndarray]]:
@@ -321,17 +384,18 @@ def _tile_commands(batches: Iterable[pa.RecordBatch], view: FeatureView, layout:
         size = table.num_rows
         entity, partition = table.column(0).combine_chunks(), table.column(1).combine_chunks()
         ends = np.append(starts[1:], size)
-        state_keys = bulk(_state_keys(view, parts, entity.take(starts), partition.take(starts)))
+        state_keys, index = _state_keys(view, parts, entity.take(starts), partition.take(starts))
+        state_keys = bulk(state_keys)
         counts = pa.array(2 + 2 * (ends - starts))
         heads = concat(hdel, state_keys, markers, constant(b"*"), text(counts), constant(b"\r\n" + _command("HSET")),
                        state_keys)
         tails = concat(constant(b"*3\r\n" + _command("PEXPIRE")), state_keys, expire)
         bodies = hash_fields(table.column(2), table.columns[3:])
-        yield _block(view.name, concat(heads, _segments(bodies, starts), tails), 3, tiles=size)
+        yield _block(view, concat(heads, _segments(bodies, starts), tails), index, 3, tiles=size)
 
 
-async def _send_all(producers: list[Iterator[_Block]], writer: _Writer, progress: ProgressCallback | None
-                    ) -> tuple[int, int]:
+async def _send_all(producers: list[Iterator[_Block]], writer: _Writer | _ClusterWriter,
+                    progress: ProgressCallback | None) -> tuple[int, int]:
     """Write what the producers yield, each running one block ahead in its own worker thread."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[_Block | None] = asyncio.Queue(maxsize=2 * len(producers))
@@ -379,7 +443,7 @@ async def _send_all(producers: list[Iterator[_Block]], writer: _Writer, progress
     return keys, tiles
 
 
-async def materialize(redis: aioredis.Redis, keys: KeyLayout, data_dir: Path, views: Sequence[FeatureView],
+async def materialize(redis: OnlineClient, keys: KeyLayout, data_dir: Path, views: Sequence[FeatureView],
                       start_ms: int, end_ms: int, *, ignore_ingest_time: bool = False,
                       con: duckdb.DuckDBPyConnection | None = None, chunk: int = 10_000,
                       progress: ProgressCallback | None = None) -> MaterializeReport:
@@ -389,7 +453,7 @@ async def materialize(redis: aioredis.Redis, keys: KeyLayout, data_dir: Path, vi
     began = time.perf_counter()
     own = con is None
     con = con or connect(data_dir)
-    writer = _Writer(redis, chunk)
+    writer = _writer(redis, chunk)
     online = [view for view in views if view.online]
     total_keys = total_tiles = total_latest = 0
     cursors: list[duckdb.DuckDBPyConnection] = []

@@ -54,6 +54,11 @@ class Settings(BaseSettings):
         default=None,
         description="Redis URL `redis://[:password@]host:port/db`; unset: `up` starts redis-server.",
     )
+    redis_cluster: bool = Field(
+        default=False,
+        description="FEATURESTREAM_REDIS names a node of a Redis Cluster (db 0): commands go to the nodes owning "
+                    "their keys.",
+    )
     kafka_port: int | None = Field(
         default=None, ge=1, le=65535, description="Port of the local broker `up` starts (free one when unset)."
     )

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import redis.asyncio as aioredis
 
 from feature_store.definitions import FeatureService, FeatureView
 from feature_store.errors import ConfigError
@@ -27,6 +26,7 @@ from feature_store.materialize import MaterializeReport, ProgressCallback, mater
 from feature_store.offline.engine import Progress, connect
 from feature_store.offline.training import TrainingSetQuery, requested_features, training_set
 from feature_store.online import FeatureValue, KeyLayout, OnlineReader
+from feature_store.online.client import OnlineClient, open_online
 from feature_store.repo import FeatureRepo
 from feature_store.settings import Settings
 
@@ -45,15 +45,15 @@ class FeatureStore:
         self.settings = settings
         self.repo = repo
         self.keys = KeyLayout(settings.online_prefix)
-        self._redis: aioredis.Redis | None = None
+        self._redis: OnlineClient | None = None
 
     @property
-    def redis(self) -> aioredis.Redis:
+    def redis(self) -> OnlineClient:
         """The online store client, opened on first use from `settings.redis`."""
         if self._redis is None:
             if not self.settings.redis:
                 raise ConfigError("no Redis configured; set FEATURESTREAM_REDIS (or run `featurestream up`)")
-            self._redis = aioredis.from_url(self.settings.redis)
+            self._redis = open_online(self.settings.redis, cluster=self.settings.redis_cluster)
         return self._redis
 
     async def aclose(self) -> None:

@@ -217,14 +217,14 @@ class Demo:
         try:
             from feature_store.materialize import materialize
             from feature_store.online import KeyLayout
+            from feature_store.online.client import open_online
         except ImportError as exc:
             raise Missing(f"materialization (feature_store.materialize): {exc}") from None
-        import redis.asyncio as aioredis
 
         views = [v for v in self.repo.views.values() if v.source.name == "profiles"]
 
         async def go() -> Any:
-            client = aioredis.Redis.from_url(settings.redis or "")
+            client = open_online(settings.redis or "", cluster=settings.redis_cluster)
             try:
                 return await materialize(client, KeyLayout(settings.online_prefix), settings.data_dir, views,
                                          now - 400 * DAY_MS, now)

@@ -111,12 +111,12 @@ class Traffic:
         the stream is quiet keeps the check exact until both sides share one
         clock (see docs/concepts.md, consistency).
         """
-        import redis.asyncio as aioredis
 
         from feature_store.online import KeyLayout
+        from feature_store.online.client import open_online
 
         keys = KeyLayout(self.settings.online_prefix)
-        client = aioredis.Redis.from_url(self.settings.redis or "")
+        client = open_online(self.settings.redis or "", cluster=self.settings.redis_cluster)
         try:
             while True:
                 alive()

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import redis.asyncio as aioredis
 import structlog
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
@@ -29,6 +28,7 @@ from feature_store.errors import FeatureStoreError
 from feature_store.expressions import derived_expressions
 from feature_store.models import ModelRegistry
 from feature_store.online import KeyLayout, OnlineReader
+from feature_store.online.client import OnlineClient, open_online
 from feature_store.registry import DefinitionsWatch, load_live_repo
 from feature_store.repo import FeatureRepo
 from feature_store.settings import Settings
@@ -46,9 +46,10 @@ __all__ = ["create_app"]
 log = structlog.get_logger("serving")
 
 
-def _redis(url: str, config: ServingConfig) -> aioredis.Redis:
-    return aioredis.Redis.from_url(
-        url,
+def _redis(settings: Settings, config: ServingConfig) -> OnlineClient:
+    assert settings.redis is not None
+    return open_online(
+        settings.redis, cluster=settings.redis_cluster,
         socket_timeout=config.redis_timeout_s,
         socket_connect_timeout=config.redis_timeout_s,
         health_check_interval=30,
@@ -101,7 +102,7 @@ def create_app(settings: Settings, repo: FeatureRepo | None = None, *, repo_path
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state: ServingState = app.state.serving
         if settings.redis:
-            state.redis = _redis(settings.redis, config)
+            state.redis = _redis(settings, config)
             state.reader = OnlineReader(state.redis, KeyLayout(config.key_prefix or settings.online_prefix),
                                         cache_keys=config.online_cache_keys)
         await state.prediction_log.start()

@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
 from fastapi import Request
 
 from feature_store.definitions import FeatureService
 from feature_store.errors import BrokerUnavailable
 from feature_store.models import ModelRegistry
 from feature_store.online import OnlineReader
+from feature_store.online.client import OnlineClient
 from feature_store.publish import EventPublisher
 from feature_store.repo import FeatureRepo
 from feature_store.settings import Settings
@@ -48,7 +48,7 @@ class ServingState:
     models: ModelRegistry
     model_cache: ModelCache
     prediction_log: PredictionLog
-    redis: aioredis.Redis | None = None
+    redis: OnlineClient | None = None
     reader: OnlineReader | None = None
     _queries: dict[Any, FeatureQuery] = field(default_factory=dict)
     _publisher: EventPublisher | None = None

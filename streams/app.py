@@ -54,7 +54,8 @@ def materializer_config(settings: Settings, options: WorkerOptions) -> Materiali
                    if not ok]
         raise ConfigError(f"the worker needs {' and '.join(missing)}; set them (or run `featurestream up`)")
     return MaterializerConfig(
-        bootstrap=settings.kafka, redis_url=settings.redis, data_dir=Path(settings.data_dir),
+        bootstrap=settings.kafka, redis_url=settings.redis, redis_cluster=settings.redis_cluster,
+        data_dir=Path(settings.data_dir),
         group_id=options.group_id, prefix=options.prefix,
         session_timeout_ms=int(settings.kafka_session_timeout_s * 1000),
         heartbeat_interval_ms=int(settings.kafka_heartbeat_s * 1000), max_records=options.max_records,

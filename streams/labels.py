@@ -39,6 +39,7 @@ from feature_store.errors import ConfigError
 from feature_store.models import ModelRegistry
 from feature_store.monitoring import Alert
 from feature_store.monitoring.hub import MonitorHub
+from feature_store.online.client import open_online
 from feature_store.settings import Settings
 from feature_store.training import Approvals, RunStore
 from feature_store.training.live import LABELS_TOPIC, LiveKeys, perf_fields
@@ -131,7 +132,10 @@ class LabelJoiner:
                                                  num=self.config.entity_candidates)
         if not rids:
             return None
-        raws = await self.redis.mget([self.keys.prediction(_text(r)) for r in rids])
+        async with self.redis.pipeline(transaction=False) as pipe:  # not MGET: the keys span cluster slots
+            for rid in rids:
+                pipe.get(self.keys.prediction(_text(rid)))
+            raws = await pipe.execute()
         for raw in raws:
             if raw:
                 record = orjson.loads(raw)
@@ -288,12 +292,11 @@ class LabelFlows:
         async with self._start_lock:
             if self.redis is not None:
                 return
-            import redis.asyncio as aioredis
 
             if not self.settings.redis:
                 raise ConfigError("label flows need FEATURESTREAM_REDIS (or run `featurestream up`)")
             registry = ModelRegistry.from_settings(self.settings)
-            self.redis = aioredis.Redis.from_url(self.settings.redis)
+            self.redis = open_online(self.settings.redis, cluster=self.settings.redis_cluster)
             self.joiner = LabelJoiner(self.redis, self.keys, self.config.join)
             self.trainer = OnlineTrainer(registry, RunStore.from_settings(self.settings), self.redis, self.keys,
                                          snapshot_every=self.config.snapshot_every,

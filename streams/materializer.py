@@ -31,7 +31,6 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-import redis.asyncio as aioredis
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
@@ -40,6 +39,7 @@ from feature_store.aggregates import NO_ORDER
 from feature_store.definitions import FeatureView, StreamSource
 from feature_store.errors import BrokerUnavailable, OnlineStoreUnavailable
 from feature_store.offline.log_writer import EventLogWriter
+from feature_store.online.client import OnlineClient, open_online
 from feature_store.online.keys import KeyLayout
 from feature_store.online.writer import NO_OFFSET, OnlineWriter, PartitionBatch
 from feature_store.publish import ensure_topics
@@ -67,6 +67,7 @@ class MaterializerConfig:
     bootstrap: str
     redis_url: str
     data_dir: Path
+    redis_cluster: bool = False
     group_id: str = "featurestream-worker"
     prefix: str = "fs"
     session_timeout_ms: int = 6_000
@@ -165,7 +166,7 @@ class Materializer:
         # fetch); DuckDB's pool cost ~5% more CPU per event here and only helps when a core is idle
         self._con.execute("SET threads=1")
         self._cpu: ThreadPoolExecutor | None = None  # runs `_prepare_all` off the loop, from start() to stop()
-        self._redis: aioredis.Redis | None = None
+        self._redis: OnlineClient | None = None
         self._writer: OnlineWriter | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._intake: Intake | None = None  # drains the consumer into the next batch, from start() to stop()
@@ -186,7 +187,7 @@ class Materializer:
         c = self.config
         self._warm_up()
         await ensure_topics(c.bootstrap, self._repo)
-        self._redis = aioredis.from_url(c.redis_url)
+        self._redis = open_online(c.redis_url, cluster=c.redis_cluster)
         self._writer = OnlineWriter(self._redis)
         # dead letters carry events as the consumer got them: let the broker, not a client-side check, judge size
         self._producer = AIOKafkaProducer(bootstrap_servers=c.bootstrap, acks="all", linger_ms=5,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.fixtures.redis_cluster import redis_cluster_url  # noqa: F401 - re-exported as a fixture
 from tests.fixtures.services import (  # noqa: F401 - re-exported as fixtures
     SERVICE_FIXTURES,
     _session_services,

@@ -34,7 +34,7 @@ from feature_store.definitions import FeatureView, Source, StreamSource
 from feature_store.durations import format_ms
 
 __all__ = ["KEY_VERSION", "MARKER_FIELDS", "NEWEST_FIELD", "VERSION_FIELD", "KeyLayout", "entity_key_bytes",
-           "partition_for"]
+           "hash_tag", "partition_for"]
 
 KEY_VERSION = "v1"
 VERSION_FIELD = "~m"
@@ -60,6 +60,11 @@ def partition_of_key(key: bytes, partitions: int) -> int:
     return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
+def hash_tag(source: str, partition: int) -> str:
+    """The Redis Cluster hash tag of every key of one source partition: they all live on one node."""
+    return f"{{{source}:{partition}}}"
+
+
 @dataclass(frozen=True)
 class KeyLayout:
     """Builds every Redis key; `prefix` isolates deployments (and tests)."""
@@ -67,7 +72,7 @@ class KeyLayout:
     prefix: str = "fs"
 
     def tag(self, source: Source, partition: int) -> str:
-        return f"{{{source.name}:{partition}}}"
+        return hash_tag(source.name, partition)
 
     def offset_key(self, source: StreamSource, partition: int) -> str:
         return f"{self.prefix}:{KEY_VERSION}:{self.tag(source, partition)}:offset"

@@ -11,13 +11,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
-import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from feature_store.aggregates import NO_ORDER, merge, tile_layouts
 from feature_store.definitions import FeatureView
 from feature_store.errors import OnlineStoreUnavailable
+from feature_store.online.client import OnlineClient
 from feature_store.online.codec import unpack_latest
 from feature_store.online.keys import KeyLayout
 from feature_store.online.resp import execute
@@ -96,7 +96,7 @@ class OnlineReader:
     tiles, and the markers it fetches with them prove the cached part current.
     """
 
-    def __init__(self, redis: aioredis.Redis, keys: KeyLayout, *, cache_keys: int = 20_000) -> None:
+    def __init__(self, redis: OnlineClient, keys: KeyLayout, *, cache_keys: int = 20_000) -> None:
         self._redis = redis
         self._keys = keys
         self._views: dict[int, _ViewKeys] = {}  # id(view) -> what reading it needs, built once

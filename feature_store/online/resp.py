@@ -9,6 +9,11 @@ client's `socket_timeout`). The connection comes from, and returns to, the
 client's own pool (its AUTH, SELECT, TLS and health checks apply); any error
 disconnects it so the pool never hands out a socket with unread replies.
 
+On a Redis Cluster the commands go to the nodes owning their keys (the first
+key; the project's multi-key commands share a hash tag), one pipeline per
+node, all in flight together; a reply saying a slot moved refreshes the slot
+map and the commands are sent once more.
+
 Replies are hiredis' raw shapes: bytes, lists, None, and for HGETALL a dict
 (RESP3 map) or a flat field/value list (RESP2); an error reply raises `redis.exceptions.ResponseError`.
 """
@@ -25,13 +30,24 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from feature_store.online.client import OnlineClient
+
 __all__ = ["execute"]
 
 _READ_SIZE = 65536
 
 
-async def execute(redis: aioredis.Redis, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-    """The replies of `commands`, sent as one pipeline (not a transaction)."""
+async def execute(redis: OnlineClient, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """The replies of `commands`, sent as one pipeline (not a transaction).
+
+    Every command names a key: its second word (EVALSHA/EVAL: its first key).
+    """
+    if isinstance(redis, aioredis.RedisCluster):
+        replies = await _on_cluster(redis, commands)
+        if any(isinstance(r, hiredis.ReplyError) and str(r).startswith(("MOVED ", "ASK ")) for r in replies):
+            await redis.nodes_manager.initialize()  # resharded since the slot map was read
+            replies = await _on_cluster(redis, commands)
+        return _raise_errors(replies)
     pool = redis.connection_pool
     conn = await pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
     try:
@@ -44,9 +60,45 @@ async def execute(redis: aioredis.Redis, commands: Sequence[tuple[Any, ...]]) ->
         raise
     finally:
         await pool.release(conn)
+    return _raise_errors(replies)
+
+
+def _raise_errors(replies: list[Any]) -> list[Any]:
     for reply in replies:
         if isinstance(reply, hiredis.ReplyError):
             raise ResponseError(str(reply))
+    return replies
+
+
+def _key_of(command: tuple[Any, ...]) -> Any:
+    return command[3] if command[0] in ("EVALSHA", "EVAL") else command[1]
+
+
+async def _on_cluster(cluster: aioredis.RedisCluster, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """`commands` split by owning node and pipelined to each; replies in the commands' order, errors unraised."""
+    await cluster.initialize()  # the slot map, read once (returns at once afterwards)
+    by_node: dict[str, tuple[Any, list[int]]] = {}
+    for i, command in enumerate(commands):
+        node = cluster.get_node_from_key(_key_of(command))
+        if node is None:
+            raise RedisConnectionError(f"no Redis Cluster node serves the slot of {_key_of(command)!r}")
+        by_node.setdefault(node.name, (node, []))[1].append(i)
+    replies: list[Any] = [None] * len(commands)
+
+    async def on_node(node: Any, indexes: list[int]) -> None:
+        conn = node.acquire_connection()
+        try:
+            await conn.send_packed_command(b"".join([hiredis.pack_command(commands[i]) for i in indexes]))
+            for i, reply in zip(indexes, await _read(conn, len(indexes)), strict=True):
+                replies[i] = reply
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
+        finally:
+            node.release(conn)
+
+    async with asyncio.timeout(cluster.get_connection_kwargs().get("socket_timeout")):
+        await asyncio.gather(*(on_node(node, indexes) for node, indexes in by_node.values()))
     return replies
 
 

@@ -22,13 +22,13 @@ from importlib import resources
 from typing import Any
 
 import msgpack  # type: ignore[import-untyped]  # no stubs; packb only
-import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from feature_store.aggregates import NO_ORDER, TileLayout
 from feature_store.errors import OnlineStoreUnavailable
+from feature_store.online.client import OnlineClient
 from feature_store.online.resp import execute
 
 __all__ = ["NO_OFFSET", "ApplyResult", "OnlineWriter", "PartitionBatch", "Position"]
@@ -113,7 +113,7 @@ def _check_ops(layout: TileLayout) -> list[str]:
 class OnlineWriter:
     """Applies partition batches with one EVALSHA each; reads stored positions."""
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: OnlineClient) -> None:
         self._redis = redis
         self._sha = hashlib.sha1(APPLY_LUA.encode()).hexdigest()
 
@@ -131,15 +131,16 @@ class OnlineWriter:
                            written_ms=int(written[0]) if written else 0)
 
     async def _evalsha(self, keys: list[str], args: list[Any]) -> Any:
-        """EVALSHA packed by hiredis (redis-py's encoding cost ~4 us per key), loading the script once when
-        Redis does not know it (a restart or a flush)."""
+        """EVALSHA packed by hiredis (redis-py's encoding cost ~4 us per key), loading the script first when
+        Redis does not know it (a restart or a flush; on a cluster, into every primary)."""
         command = ("EVALSHA", self._sha, len(keys), *keys, *args)
         try:
             (reply,) = await execute(self._redis, [command])
         except ResponseError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
-            _, reply = await execute(self._redis, [("SCRIPT", "LOAD", APPLY_LUA), command])
+            await self._redis.script_load(APPLY_LUA)
+            (reply,) = await execute(self._redis, [command])
         return reply
 
     async def positions(self, offset_keys: Sequence[str]) -> list[Position]:

@@ -109,14 +109,15 @@ def _drift(state: Any, settings: Settings, repo: FeatureRepo | None) -> list[dic
     if repo is None or not settings.redis:
         return []
     import orjson
-    import redis
 
+    from feature_store.online.client import open_online_sync
     from feature_store.training.live import LiveKeys
 
     serving = getattr(state, "serving", None)
     keys = LiveKeys(getattr(getattr(serving, "config", None), "key_prefix", None) or settings.online_prefix)
     out = []
-    with redis.Redis.from_url(settings.redis, socket_timeout=1.0, socket_connect_timeout=1.0) as client:
+    with open_online_sync(settings.redis, cluster=settings.redis_cluster, socket_timeout=1.0,
+                      socket_connect_timeout=1.0) as client:
         for service in sorted(repo.services):
             raw = client.get(keys.monitor(service))
             if not raw:

@@ -24,6 +24,8 @@ from feature_store.materialize import materialize
 from feature_store.offline.engine import connect
 from feature_store.offline.training import TrainingSetQuery, training_set
 from feature_store.online import KeyLayout, OnlineReader, partition_for
+from feature_store.online.client import OnlineClient, open_online
+from feature_store.online.keys import hash_tag
 from tests.feature_store.offline_cases import (
     LogBuilder,
     batch_source,
@@ -77,7 +79,7 @@ def _views() -> list[FeatureView]:
     ]
 
 
-async def _online(redis: aioredis.Redis, keys: KeyLayout, view: FeatureView, entities: list[Any],
+async def _online(redis: OnlineClient, keys: KeyLayout, view: FeatureView, entities: list[Any],
                   t: int) -> list[dict[str, Any]]:
     reader = OnlineReader(redis, keys)
     got = await reader.read({view: list(view.feature_names)}, [{view.entity.join_key: e} for e in entities], t)
@@ -114,6 +116,21 @@ def _assert_same(view: FeatureView, entities: list[Any], online: list[dict[str, 
 
 async def test_online_after_materialize_equals_offline_and_oracle(tmp_path: Path, redis: aioredis.Redis,
                                                                   unique: str) -> None:
+    await _online_equals_offline_and_oracle(tmp_path, redis, unique)
+
+
+async def test_materialize_into_a_redis_cluster(tmp_path: Path, redis_cluster_url: str, unique: str) -> None:
+    """Each key goes to the node of its partition's hash tag (one connection per node); reads find them."""
+    cluster = open_online(redis_cluster_url, cluster=True)
+    try:
+        await _online_equals_offline_and_oracle(tmp_path, cluster, unique)
+        assert len({cluster.get_node_from_key(hash_tag("ev", p)).name for p in range(3)}) > 1, \
+            "the partitions' keys should span nodes"
+    finally:
+        await cluster.aclose()
+
+
+async def _online_equals_offline_and_oracle(tmp_path: Path, redis: OnlineClient, unique: str) -> None:
     events = _random_log(tmp_path, seed=1)
     keys = KeyLayout(prefix=unique)
     start, end = 600, 777

@@ -106,7 +106,7 @@ def store(redis_url: str, config: ServingConfig) -> Iterator[OnlineWriter]:
 class OnlineWriter:
     """Writes online state for tests exactly as the layout prescribes."""
 
-    def __init__(self, r: redis.Redis, keys: KeyLayout) -> None:
+    def __init__(self, r: redis.Redis | redis.RedisCluster, keys: KeyLayout) -> None:
         self.r = r
         self.keys = keys
         self.seq = 0

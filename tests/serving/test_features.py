@@ -5,8 +5,13 @@ from __future__ import annotations
 import time
 
 import pytest
+import redis
 from starlette.testclient import TestClient
 
+from feature_store.online import KeyLayout
+from feature_store.repo import FeatureRepo
+from feature_store.settings import Settings
+from serving import ServingConfig, create_app
 from tests.serving.conftest import OnlineWriter, last, profile, spend
 
 pytestmark = pytest.mark.integration
@@ -128,3 +133,31 @@ def test_health_and_ready(client: TestClient) -> None:
     assert ready.status_code == 200
     assert ready.json()["status"] == "ready"
     assert client.get("/openapi.json").status_code == 200
+
+
+def test_features_from_a_redis_cluster(serving_settings: Settings, repo: FeatureRepo, config: ServingConfig,
+                                       redis_cluster_url: str) -> None:
+    """FEATURESTREAM_REDIS_CLUSTER: the API reads each entity's keys from the node of their hash tag."""
+    on_cluster = serving_settings.model_copy(update={"redis": redis_cluster_url, "redis_cluster": True})
+    cluster = redis.RedisCluster.from_url(redis_cluster_url)
+    store = OnlineWriter(cluster, KeyLayout(config.key_prefix or "fs"))
+    now = _now()
+    users = [f"u{i}" for i in range(8)]  # both partitions of the source
+    for i, user in enumerate(users):
+        store.events(spend, user, [(now - 60_000, {"amount": 10.0 * i}), (now - 30_000, {"amount": 2.0})])
+        store.latest(last, user, now - 1_000, [float(i), "FR"])
+    try:
+        with TestClient(create_app(on_cluster, repo, config=config), raise_server_exceptions=False) as client:
+            assert client.get("/readyz").status_code == 200
+            response = client.post("/v1/features", json={
+                "features": ["spend:count_1h", "spend:amount_sum_1h", "last:amount"],
+                "entities": [{"user_id": u} for u in users]})
+            assert response.status_code == 200, response.text
+            for i, result in enumerate(response.json()["results"]):
+                values = result["features"]
+                assert values["spend:count_1h"]["value"] == 2
+                assert values["spend:amount_sum_1h"]["value"] == pytest.approx(10.0 * i + 2.0)
+                assert values["last:amount"] == {"value": float(i), "status": "present",
+                                                 "age_ms": values["last:amount"]["age_ms"]}
+    finally:
+        cluster.close()

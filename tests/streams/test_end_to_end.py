@@ -17,9 +17,10 @@ from feature_store.aggregates import NO_ORDER
 from feature_store.offline.engine import connect
 from feature_store.offline.training import TrainingSetQuery, output_name, training_set
 from feature_store.online import KeyLayout, OnlineReader, partition_for
+from feature_store.online.client import OnlineClient, open_online
 from feature_store.publish import EventPublisher
 from feature_store.settings import Settings
-from streams.materializer import Materializer
+from streams.materializer import Materializer, MaterializerConfig
 from tests import oracle
 from tests.streams.support import (
     assert_values_equal,
@@ -66,13 +67,30 @@ def expected_status(events: list[dict[str, Any]], partitions: int, lateness_ms: 
 
 async def test_stream_into_redis_equals_oracle_and_batch_path(settings: Settings, unique: str,
                                                               redis_client: aioredis.Redis) -> None:
+    await _stream_equals_oracle_and_batch_path(settings, unique, redis_client, config(settings, unique, max_records=97))
+
+
+async def test_stream_into_a_redis_cluster_equals_oracle_and_batch_path(settings: Settings, unique: str,
+                                                                        redis_cluster_url: str) -> None:
+    """The same on a 3-node cluster: scripts and reads go to the node of their partition's hash tag (the
+    `shops` view reads every partition, so one read spans nodes); the cluster starts without the script."""
+    cluster = open_online(redis_cluster_url, cluster=True)
+    try:
+        await _stream_equals_oracle_and_batch_path(settings, unique, cluster, config(
+            settings, unique, max_records=97, redis_url=redis_cluster_url, redis_cluster=True))
+    finally:
+        await cluster.aclose()
+
+
+async def _stream_equals_oracle_and_batch_path(settings: Settings, unique: str, client: OnlineClient,
+                                               worker: MaterializerConfig) -> None:
     repo = events_repo(f"ev-{unique}")
     events = generate(500, seed=11)
     async with EventPublisher(settings, repo) as publisher:
         result = await publisher.publish_many("events", events)
     assert result.ok, result.errors[:3]
 
-    materializer = Materializer(config(settings, unique, max_records=97), repo)  # many small batches
+    materializer = Materializer(worker, repo)  # many small batches
     await run_until(materializer, lambda: consumed(materializer, "events") >= len(events))
 
     data_dir = Path(settings.data_dir)
@@ -84,7 +102,7 @@ async def test_stream_into_redis_equals_oracle_and_batch_path(settings: Settings
     assert got_status == want_status
     assert "late" in got_status.values()
 
-    reader = OnlineReader(redis_client, KeyLayout(f"t{unique}"))
+    reader = OnlineReader(client, KeyLayout(f"t{unique}"))
     con = connect(data_dir, threads=1)
     for view in repo.views.values():
         logged = oracle_events(log, view)

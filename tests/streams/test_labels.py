@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from feature_store.online.client import open_online
 from feature_store.training.live import LiveKeys, read_live
 from streams.labels import JoinConfig, LabelJoiner
 
@@ -22,9 +24,19 @@ def prediction(rid: str, *, user: str = "u1", served_at: int = T0, model: str = 
             "prediction": p, "fallback": False, "service": "fraud_detection"}
 
 
-@pytest.fixture
-def joiner(redis_client: aioredis.Redis, unique: str) -> LabelJoiner:
-    return LabelJoiner(redis_client, LiveKeys(f"t{unique}"), JoinConfig(wait_s=10.0, retention_s=3600.0))
+@pytest.fixture(params=["server", "cluster"])
+async def joiner(request: pytest.FixtureRequest, redis_client: aioredis.Redis, unique: str
+                 ) -> AsyncIterator[LabelJoiner]:
+    """On one Redis server, and on a Redis Cluster (the label keys of one join span its nodes)."""
+    config = JoinConfig(wait_s=10.0, retention_s=3600.0)
+    if request.param == "server":
+        yield LabelJoiner(redis_client, LiveKeys(f"t{unique}"), config)
+        return
+    cluster = open_online(request.getfixturevalue("redis_cluster_url"), cluster=True)
+    try:
+        yield LabelJoiner(cluster, LiveKeys(f"t{unique}"), config)
+    finally:
+        await cluster.aclose()
 
 
 async def test_joins_by_request_id_with_the_served_features(joiner: LabelJoiner) -> None:
