@@ -8,6 +8,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import redis
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -16,7 +17,9 @@ from feature_store.aggregates import event_stats, merge
 from feature_store.definitions import StreamSource
 from feature_store.durations import to_ms
 from feature_store.online import KeyLayout, OnlineReader
+from feature_store.online.client import OnlineClient, open_online
 from feature_store.online.codec import pack_stats, unpack_stats
+from feature_store.online.keys import hash_tag
 from feature_store.online.writer import NO_OFFSET, OnlineWriter, PartitionBatch
 from feature_store.repo import FeatureRepo
 from streams.batch import APPLIED, Classified, applied_table
@@ -46,12 +49,13 @@ def _classified(events: list[dict[str, Any]], first_offset: int) -> Classified:
                       watermark=max(e["ts"] for e in normalized))
 
 
-async def _apply_batches(redis: aioredis.Redis, repo: FeatureRepo, prefix: str,
-                         batches: list[list[dict[str, Any]]], tie: int = 7) -> list[bool]:
+async def _apply_batches(redis: OnlineClient, repo: FeatureRepo, prefix: str,
+                         batches: list[list[dict[str, Any]]], tie: int = 7, offset: int = NO_OFFSET) -> list[bool]:
+    """Apply each batch in turn (offsets continue from `offset`, the one stored): whether each was applied."""
     plan = SourcePlan(SOURCE, repo.views_of(SOURCE), KeyLayout(prefix))
     writer = OnlineWriter(redis)
     con = duckdb.connect()
-    offset, results = NO_OFFSET, []
+    results = []
     for events in batches:
         c = _classified(events, offset + 1)
         batch = PartitionBatch(offset_key=KeyLayout(prefix).offset_key(SOURCE, 0), expected_offset=offset,
@@ -232,3 +236,47 @@ async def test_an_item_of_thousands_of_tiles_with_a_repeated_tile_merges_every_o
             want = merge(layout, want, stats(0, 5.0))
         assert unpack_stats(stored[str(START + i * hop).encode()]) == want, i
     assert int(stored[b"~t"]) == START + 4_499 * hop
+
+
+def _move_slot(url: str, key: str) -> None:
+    """Reshard as an operator would: migrate the slot of `key`, with its keys, to another primary."""
+    cluster = redis.RedisCluster.from_url(url)
+    try:
+        slot = cluster.keyslot(key)
+        source = cluster.get_node_from_key(key)
+        target = next(n for n in cluster.get_primaries() if n.name != source.name)
+        src, dst = redis.Redis(host=source.host, port=source.port), redis.Redis(host=target.host, port=target.port)
+        src_id, dst_id = src.execute_command("CLUSTER MYID"), dst.execute_command("CLUSTER MYID")
+        dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id)
+        src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
+        while keys := src.execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
+            src.execute_command("MIGRATE", target.host, target.port, "", 0, 5000, "KEYS", *keys)
+        for node in cluster.get_primaries():
+            redis.Redis(host=node.host, port=node.port).execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
+    finally:
+        cluster.close()
+
+
+async def test_reads_and_batches_follow_a_resharded_slot(redis_cluster_url: str, unique: str) -> None:
+    """The partition's slot moves to another node after the client read the slot map: the next read and the
+    next batch hear MOVED, refresh the map, and land on the new owner with the state intact."""
+    prefix = f"mv{unique}"
+    events = [{"user": "u1", "shop": "s1", "amount": float(i), "label": "a", "ts": START + i * 1_000} for i in range(6)]
+    cluster = open_online(redis_cluster_url, cluster=True)
+    reader = OnlineReader(cluster, KeyLayout(prefix))
+    view = REPO.views["spend"]
+    try:
+        assert await _apply_batches(cluster, REPO, prefix, [events[:3]]) == [True]
+        before = await reader.read({view: ["n_10m"]}, [{"user": "u1"}], START + 10_000)
+        assert before[0]["spend:n_10m"].value == 3
+        owner = cluster.get_node_from_key(hash_tag(SOURCE.name, 0)).name
+        _move_slot(redis_cluster_url, hash_tag(SOURCE.name, 0))
+        moved = await reader.read({view: ["n_10m"]}, [{"user": "u1"}], START + 10_000)  # a stale slot map
+        assert moved[0]["spend:n_10m"].value == 3
+        assert await _apply_batches(cluster, REPO, prefix, [events[3:]], offset=2) == [True]
+        after = await reader.read({view: ["n_10m", "sum_10m"]}, [{"user": "u1"}], START + 10_000)
+        assert after[0]["spend:n_10m"].value == 6
+        assert after[0]["spend:sum_10m"].value == sum(e["amount"] for e in events)
+        assert cluster.get_node_from_key(hash_tag(SOURCE.name, 0)).name != owner
+    finally:
+        await cluster.aclose()
