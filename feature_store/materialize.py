@@ -57,7 +57,6 @@ import structlog
 from redis.asyncio.connection import SSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from feature_store._columnar import bulk, concat, constant, hash_fields, key_text, msgpack_rows, partitions, text
 from feature_store.aggregates import TileLayout, stat_sql, tile_layouts
@@ -66,7 +65,7 @@ from feature_store.errors import OfflineStoreError, OnlineStoreUnavailable
 from feature_store.offline.engine import connect
 from feature_store.offline.events import STRUCT_ORDER, order_key, view_events_sql
 from feature_store.online import KeyLayout
-from feature_store.online.client import OnlineClient
+from feature_store.online.client import UNREACHABLE, OnlineClient
 from feature_store.online.keys import hash_tag
 from feature_store.windows import DAY_MS, tile_start
 
@@ -484,7 +483,7 @@ async def materialize(redis: OnlineClient, keys: KeyLayout, data_dir: Path, view
             finally:
                 con.execute(f"SET threads = {int(threads[0]) if threads else 1}")
         await writer.close()
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+    except UNREACHABLE as exc:
         raise OnlineStoreUnavailable(f"materialize: Redis is unreachable ({type(exc).__name__}); retry") from None
     except ResponseError as exc:
         raise OnlineStoreUnavailable(f"materialize: Redis refused a write ({exc}); check the key prefix "

@@ -14,8 +14,15 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+from redis.exceptions import ClusterDownError, RedisClusterException
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["OnlineClient", "open_online", "open_online_sync"]
+__all__ = ["UNREACHABLE", "OnlineClient", "open_online", "open_online_sync"]
+
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, RedisClusterException, ClusterDownError)
+"""What a client raises when the store cannot answer now (down, or the cluster without the node owning a key):
+the call is retried (worker) or answered 503 (API), never a crash or a 500."""
 
 OnlineClient = aioredis.Redis | aioredis.RedisCluster
 """A client of the online store: redis-py's, for a server or a cluster (the same command methods)."""

@@ -11,13 +11,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from feature_store.aggregates import NO_ORDER, merge, tile_layouts
 from feature_store.definitions import FeatureView
 from feature_store.errors import OnlineStoreUnavailable
-from feature_store.online.client import OnlineClient
+from feature_store.online.client import UNREACHABLE, OnlineClient
 from feature_store.online.codec import unpack_latest
 from feature_store.online.keys import KeyLayout
 from feature_store.online.resp import execute
@@ -201,7 +198,7 @@ class OnlineReader:
     async def _execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         try:
             return await execute(self._redis, commands)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except UNREACHABLE as exc:
             raise OnlineStoreUnavailable(f"Redis is unreachable ({type(exc).__name__}); retry shortly") from None
 
     @staticmethod

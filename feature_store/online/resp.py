@@ -47,6 +47,9 @@ async def execute(redis: OnlineClient, commands: Sequence[tuple[Any, ...]]) -> l
         if any(isinstance(r, hiredis.ReplyError) and str(r).startswith(("MOVED ", "ASK ")) for r in replies):
             await redis.nodes_manager.initialize()  # resharded since the slot map was read
             replies = await _on_cluster(redis, commands)
+        for reply in replies:
+            if isinstance(reply, hiredis.ReplyError) and str(reply).startswith(("CLUSTERDOWN", "TRYAGAIN")):
+                raise RedisConnectionError(f"the Redis Cluster cannot serve now: {reply}")
         return _raise_errors(replies)
     pool = redis.connection_pool
     conn = await pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped

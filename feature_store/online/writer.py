@@ -22,13 +22,11 @@ from importlib import resources
 from typing import Any
 
 import msgpack  # type: ignore[import-untyped]  # no stubs; packb only
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from feature_store.aggregates import NO_ORDER, TileLayout
 from feature_store.errors import OnlineStoreUnavailable
-from feature_store.online.client import OnlineClient
+from feature_store.online.client import UNREACHABLE, OnlineClient
 from feature_store.online.resp import execute
 
 __all__ = ["NO_OFFSET", "ApplyResult", "OnlineWriter", "PartitionBatch", "Position"]
@@ -125,7 +123,7 @@ class OnlineWriter:
                 msgpack.packb(batch.items, use_bin_type=False)]  # cmsgpack reads no bin type: bytes go as raw
         try:
             status, stored, *written = await self._evalsha(keys, args)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except UNREACHABLE as exc:
             raise OnlineStoreUnavailable(f"Redis is unreachable ({type(exc).__name__}); the batch is retried") from None
         return ApplyResult(applied=status in (b"applied", "applied"), stored_offset=int(stored),
                            written_ms=int(written[0]) if written else 0)
@@ -150,7 +148,7 @@ class OnlineWriter:
             pipe.hmget(key, ["offset", "watermark"])
         try:
             replies = await pipe.execute()
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except UNREACHABLE as exc:
             raise OnlineStoreUnavailable(f"Redis is unreachable ({type(exc).__name__}); retry shortly") from None
         return [Position(offset=NO_OFFSET if off is None else int(off),
                          watermark=NO_ORDER if wm is None else int(float(wm))) for off, wm in replies]

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends
 from redis.exceptions import RedisError
 from starlette.responses import Response
 
+from feature_store.online.client import UNREACHABLE
 from serving.errors import json_error
 from serving.state import ServingState, get_state
 
@@ -32,7 +33,7 @@ async def readyz(state: Annotated[ServingState, Depends(get_state)]) -> dict[str
     start = time.perf_counter()
     try:
         await asyncio.wait_for(state.redis.ping(), timeout=state.config.redis_timeout_s * 2)
-    except (RedisError, OSError, TimeoutError) as exc:
+    except (*UNREACHABLE, RedisError, TimeoutError) as exc:
         return json_error(503, "NotReady", f"Redis does not answer ({type(exc).__name__}); check that it runs")
     log = state.prediction_log
     return {"status": "ready", "redis_ms": round((time.perf_counter() - start) * 1000, 3),

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
+import redis
 from pydantic import SecretStr
 from starlette.testclient import TestClient
 
 from feature_store.local_stack import LocalStack
+from feature_store.online import partition_for
+from feature_store.online.keys import hash_tag
 from feature_store.repo import FeatureRepo
 from feature_store.settings import Settings
 from serving import ServingConfig, create_app
-from tests.serving.conftest import WRITER
+from tests.fixtures.redis_cluster import start_cluster, start_node, wait_cluster_ok
+from tests.serving.conftest import WRITER, last
 
 pytestmark = pytest.mark.integration
 
@@ -77,3 +82,41 @@ def test_push_without_kafka_is_503(serving_settings: Settings, repo: FeatureRepo
         response = client.post("/v1/push/clicks", json={"events": [{"user_id": "u"}]}, headers={"X-API-Key": WRITER})
         assert response.status_code == 503
         assert "FEATURESTREAM_KAFKA" in response.json()["detail"]
+
+
+def test_a_redis_cluster_node_down_answers_503_fast_and_recovers(serving_settings: Settings, repo: FeatureRepo,
+                                                                 config: ServingConfig, tmp_path: Path) -> None:
+    """The node owning an entity's keys stops: its reads answer 503 (not a 500, not a hang), readiness fails,
+    and all answers come back once the node is back in the cluster."""
+    procs, ports = start_cluster(tmp_path)
+    try:
+        settings = serving_settings.model_copy(update={"redis": f"redis://127.0.0.1:{ports[0]}/0",
+                                                       "redis_cluster": True})
+        cluster = redis.RedisCluster(host="127.0.0.1", port=ports[0])
+        node = cluster.get_node_from_key(hash_tag(last.source.name, partition_for("u", last.source.partitions)))
+        cluster.close()
+        victim = ports.index(node.port)
+        features = {"features": ["last:amount"], "entities": [{"user_id": "u"}]}
+        with TestClient(create_app(settings, repo, config=config), raise_server_exceptions=False) as client:
+            assert client.post("/v1/features", json=features).status_code == 200
+            assert client.get("/readyz").status_code == 200
+            procs[victim].terminate()
+            procs[victim].wait()
+            for _ in range(2):
+                start = time.perf_counter()
+                response = client.post("/v1/features", json=features)
+                assert response.status_code == 503, response.text
+                assert time.perf_counter() - start < 1.5
+                assert "Redis is unreachable" in response.json()["detail"]
+            assert client.get("/readyz").status_code == 503
+            procs[victim] = start_node(tmp_path, ports[victim])
+            wait_cluster_ok(ports)
+            deadline = time.monotonic() + 10
+            while client.post("/v1/features", json=features).status_code != 200:
+                assert time.monotonic() < deadline, "the API did not recover after the node came back"
+                time.sleep(0.1)
+            assert client.get("/readyz").status_code == 200
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait()
