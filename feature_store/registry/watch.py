@@ -25,8 +25,7 @@ __all__ = ["DefinitionsWatch"]
 class DefinitionsWatch:
     """The live definitions of one process, and whether an apply replaced them since it last looked.
 
-    Blocking (SQLite and, on a change, importing nothing but the registry's
-    records): call from a thread in async code.
+    Blocking (SQLite reads): call from a thread in async code.
     """
 
     def __init__(self, settings: Settings, repo_path: Path | None = None) -> None:
@@ -58,8 +57,3 @@ class DefinitionsWatch:
                 return 0
             self._registry = Registry(self._settings.registry)
         return self._registry.generation()
-
-    def close(self) -> None:
-        if self._registry is not None:
-            self._registry.close()
-            self._registry = None
