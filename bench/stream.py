@@ -38,6 +38,7 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -350,4 +351,5 @@ if __name__ == "__main__":
                         help="seconds of stream before those, reported apart (`warmup`)")
     parser.add_argument("--users", type=int, default=10_000, help="entity cardinality of the throughput stream")
     parser.add_argument("--merchants", type=int, default=1_000)
-    print(orjson.dumps(asyncio.run(main(parser.parse_args())), option=orjson.OPT_INDENT_2).decode())
+    # on the event loop `featurestream worker` runs on
+    print(orjson.dumps(uvloop.run(main(parser.parse_args())), option=orjson.OPT_INDENT_2).decode())
