@@ -24,7 +24,6 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from starlette.concurrency import run_in_threadpool
 
-from feature_store.errors import FeatureStoreError
 from feature_store.expressions import derived_expressions
 from feature_store.models import ModelRegistry
 from feature_store.online import KeyLayout, OnlineReader
@@ -74,8 +73,9 @@ async def _follow_definitions(app: FastAPI, watch: DefinitionsWatch, every_s: fl
             if repo is None:
                 continue
             _check_derived(repo)
-        except FeatureStoreError as exc:
-            log.error("definitions_not_reloaded", error=str(exc), keeping=sorted(state.repo.services))
+        except Exception as exc:  # the poller must outlive a bad apply or a registry hiccup
+            log.error("definitions_not_reloaded", error=str(exc), kind=type(exc).__name__,
+                      keeping=sorted(state.repo.services))
             continue
         await state.use_definitions(repo)
         app.state.repo = repo

@@ -22,7 +22,7 @@ import structlog
 from mode import Service
 
 from feature_store.consistency import with_prediction_log
-from feature_store.errors import ConfigError, FeatureStoreError
+from feature_store.errors import ConfigError
 from feature_store.registry import DefinitionsWatch
 from feature_store.repo import FeatureRepo
 from feature_store.settings import Settings
@@ -117,8 +117,9 @@ class MaterializerService(Service):
             try:
                 repo = await asyncio.to_thread(watch.changed)
                 replacement = None if repo is None else type(self).build(repo)
-            except FeatureStoreError as exc:
-                log.error("definitions not reloaded; the worker keeps the running ones", error=str(exc))
+            except Exception as exc:  # the poller must outlive a bad apply or a registry hiccup
+                log.error("definitions not reloaded; the worker keeps the running ones", error=str(exc),
+                          kind=type(exc).__name__)
                 continue
             if replacement is None or replacement.definitions == self.materializer.definitions:
                 continue
