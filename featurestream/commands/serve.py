@@ -28,6 +28,8 @@ def serve(
                                                   help="Data dir (model artifacts live under it).")] = None,
     max_entities: Annotated[int, typer.Option(min=1, help="Most entities per request (more: 413).")] = 1000,
     access_log: Annotated[bool, typer.Option(help="Log every request (costs latency).")] = False,
+    definitions_poll_seconds: Annotated[float, typer.Option(
+        min=0, help="How often to look for a new `featurestream apply` and serve it (0: never).")] = 2.0,
 ) -> None:
     """Run the HTTP API (features, predict, push, models, metrics) with uvicorn until Ctrl-C.
 
@@ -41,7 +43,8 @@ def serve(
 
     overrides: dict[str, Any] = {"redis": redis, "kafka": kafka, "registry": registry, "data_dir": data_dir}
     settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
-    app = create_app(settings, repo_path=repo, config=ServingConfig(max_entities=max_entities))
+    app = create_app(settings, repo_path=repo, config=ServingConfig(max_entities=max_entities,
+                                                                    definitions_poll_s=definitions_poll_seconds))
     typer.echo(f"serving on http://{host}:{port} (docs at /docs)", err=True)
     uvicorn.run(app, host=host, port=port, workers=1, loop="uvloop", http="httptools", access_log=access_log,
                 log_config=None, lifespan="on")
