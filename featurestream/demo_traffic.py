@@ -154,21 +154,22 @@ class Traffic:
         from feature_store.offline.layout import log_files
 
         files = log_files(self.settings.data_dir, SOURCE)
-        con = duckdb.connect(":memory:")
-        try:
-            if not files:
-                raise duckdb.IOException("no log file yet")
-            rows = con.execute(
-                "SELECT __status, count(*), max(__ingest_time), max(__event_time) FROM read_parquet(?, "
-                "union_by_name := true, hive_partitioning := true) GROUP BY 1", [files]).fetchall()
-            fresh = con.execute(
-                "WITH l AS (SELECT * FROM read_parquet(?, union_by_name := true, hive_partitioning := true) "
-                "WHERE __status = 'applied') SELECT median(__ingest_time - __event_time) FROM l "
-                "WHERE __event_time >= (SELECT max(__event_time) - 2000 FROM l)", [files]).fetchone()
-        except duckdb.IOException:
-            rows, fresh = [], None  # no log file yet
-        finally:
-            con.close()
+        rows: list[Any] = []
+        fresh = None
+        if files:  # none yet: nothing logged
+            con = duckdb.connect(":memory:")
+            try:
+                rows = con.execute(
+                    "SELECT __status, count(*), max(__ingest_time), max(__event_time) FROM read_parquet(?, "
+                    "union_by_name := true, hive_partitioning := true) GROUP BY 1", [files]).fetchall()
+                fresh = con.execute(
+                    "WITH l AS (SELECT * FROM read_parquet(?, union_by_name := true, hive_partitioning := true) "
+                    "WHERE __status = 'applied') SELECT median(__ingest_time - __event_time) FROM l "
+                    "WHERE __event_time >= (SELECT max(__event_time) - 2000 FROM l)", [files]).fetchone()
+            except duckdb.IOException:  # a listed file was compacted away meanwhile: the next poll lists anew
+                rows, fresh = [], None
+            finally:
+                con.close()
         counts: dict[str, Any] = {"applied": 0, "late": 0, "invalid": 0}
         last_ingest = 0
         for status, count, ingest, _ in rows:

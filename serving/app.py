@@ -66,16 +66,22 @@ def _check_derived(repo: FeatureRepo) -> None:
 async def _follow_definitions(app: FastAPI, watch: DefinitionsWatch, every_s: float) -> None:
     """Serve what each new `featurestream apply` made live, within `every_s`; a bad one is logged and skipped."""
     state: ServingState = app.state.serving
+
+    def checked_apply() -> FeatureRepo | None:  # off the loop: SQLite, and compiling derived features
+        repo = watch.changed()
+        if repo is not None:
+            _check_derived(repo)
+        return repo
+
     while True:
         await asyncio.sleep(every_s)
         try:
-            repo = await run_in_threadpool(watch.changed)
-            if repo is None:
-                continue
-            _check_derived(repo)
+            repo = await run_in_threadpool(checked_apply)
         except Exception as exc:  # the poller must outlive a bad apply or a registry hiccup
             log.error("definitions_not_reloaded", error=str(exc), kind=type(exc).__name__,
                       keeping=sorted(state.repo.services))
+            continue
+        if repo is None:
             continue
         await state.use_definitions(repo)
         app.state.repo = repo

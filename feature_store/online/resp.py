@@ -47,9 +47,6 @@ async def execute(redis: OnlineClient, commands: Sequence[tuple[Any, ...]]) -> l
         if any(isinstance(r, hiredis.ReplyError) and str(r).startswith(("MOVED ", "ASK ")) for r in replies):
             await redis.nodes_manager.initialize()  # resharded since the slot map was read
             replies = await _on_cluster(redis, commands)
-        for reply in replies:
-            if isinstance(reply, hiredis.ReplyError) and str(reply).startswith(("CLUSTERDOWN", "TRYAGAIN")):
-                raise RedisConnectionError(f"the Redis Cluster cannot serve now: {reply}")
         return _raise_errors(replies)
     pool = redis.connection_pool
     conn = await pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
@@ -69,6 +66,8 @@ async def execute(redis: OnlineClient, commands: Sequence[tuple[Any, ...]]) -> l
 def _raise_errors(replies: list[Any]) -> list[Any]:
     for reply in replies:
         if isinstance(reply, hiredis.ReplyError):
+            if str(reply).startswith(("CLUSTERDOWN", "TRYAGAIN")):  # a cluster that cannot serve now
+                raise RedisConnectionError(f"the Redis Cluster cannot serve now: {reply}")
             raise ResponseError(str(reply))
     return replies
 
