@@ -1,19 +1,23 @@
 """Turn a micro-batch of applied events into online writes, with the batch path's SQL.
 
 For each online view of a source, DuckDB runs `transformed_sql` over the
-batch and then, per hop, `stat_sql` grouped by partition, entity and tile
-start (the same stats the batch path computes over the log), or the argmax
-row per partition and entity for latest-value views. The result is one
+batch and then `stat_sql` grouped by partition, entity and tile start (the
+same stats the batch path computes over the log), or the argmax row per
+partition and entity for latest-value views. The result is one
 `PartitionBatch` per partition for `OnlineWriter.apply`.
 
-One pass covers every partition of a fetch: a DuckDB query costs 1-2 ms
-however few rows it reads, so running each view's SQL once per fetch instead
-of once per partition is what keeps small batches fast. The queries are
-prepared once per connection (parsing each again cost ~0.15 ms). Fewer,
-larger queries were measured and save nothing (all tile layouts of a source in
-one UNION ALL, GROUPING SETS per view, the transform in a materialized CTE):
-the cost follows the aggregates DuckDB binds, optimizes and runs, not the
-number of statements.
+Per batch, a DuckDB query costs 1-2 ms however few rows it reads, so the
+queries are few: one pass covers every partition of a fetch, and a view with
+several tile layouts (e.g. 5 min tiles for its 1 h windows, 1 h tiles for its
+7 d ones) runs one query at their `covering_layout` (the gcd of the hops, all
+the stats), whose tiles `_rolled_up` merges into each layout's with
+`aggregates.merge`, the rule the Redis script applies across batches anyway.
+That cut the card-fraud source's DuckDB time per batch by a third (5 queries
+-> 3: 11.4 -> 7.7 ms for a 400-event batch). The queries are prepared once per
+connection (parsing each again cost ~0.15 ms). Larger queries save nothing
+(all views of a source in one UNION ALL, GROUPING SETS, the transform in a
+materialized CTE): the cost follows the aggregates DuckDB binds, optimizes and
+runs, not the number of statements.
 """
 
 from __future__ import annotations
@@ -21,19 +25,20 @@ from __future__ import annotations
 import itertools
 import operator
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
-from feature_store.aggregates import TileLayout, stat_sql, tile_layouts
+from feature_store.aggregates import TileLayout, covering_layout, merge, stat_sql, tile_layouts
 from feature_store.definitions import FeatureView, StreamSource
 from feature_store.online.codec import pack_latest, pack_stats_many
 from feature_store.online.keys import KeyLayout
 from feature_store.online.writer import PartitionBatch
 from feature_store.transforms import transformed_sql
+from feature_store.windows import tile_start
 
 __all__ = ["RELATION", "SourcePlan", "TransformFailed"]
 
@@ -59,15 +64,26 @@ class TransformFailed(Exception):  # internal signal, never escapes the worker
 
 
 @dataclass(frozen=True)
-class _ViewSql:
+class _Target:
+    """Where one query's rows go: the tiles of one layout, or a latest-value view's keys."""
+
     view: FeatureView
     layout: TileLayout | None  # None: latest-value view
     layout_index: int
-    sql: str
     pexpire_ms: int  # 0: no expiry
     keep_ms: int  # tiles older than a pruning tile minus this are unreachable
     period_ms: int  # creating a tile at a multiple of this prunes (about 4 times per keep)
     refresh_ms: int  # how often a written key's TTL is pushed forward
+    picks: tuple[int, ...] | None = None  # the layout's stats in the query's stat vector (None: the same vector)
+
+
+@dataclass(frozen=True)
+class _Query:
+    """One query per view: a windowed view's stats at its `covering_layout`, or the newest row per entity."""
+
+    sql: str
+    layout: TileLayout | None  # the covering layout the rows hold (None: latest rows)
+    targets: tuple[int, ...]  # indexes into SourcePlan._targets
 
 
 def _ttl(lifetime_ms: int) -> tuple[int, int]:
@@ -89,25 +105,32 @@ class SourcePlan:
         self.views = [v for v in views if v.online]
         self.keys = keys
         self.layouts: list[TileLayout] = []
-        self._sql: list[_ViewSql] = []
+        self._targets: list[_Target] = []
+        self._queries: list[_Query] = []
         self._key_parts: dict[tuple[int, int], tuple[str, str]] = {}
         self._refreshed: dict[str, int] = {}  # key -> refresh bucket it was last pushed forward in
         for view in self.views:
             rows = f"({transformed_sql(RELATION, view.transform)})"
             entity = f'"{view.entity.join_key}"'
+            first = len(self._targets)
             if view.is_windowed:
-                for layout in tile_layouts(view):
-                    hop = layout.hop_ms
-                    sql = (f"SELECT __partition, {entity} AS __entity, __event_time - __event_time % {hop} "
-                           f"AS __tile, {', '.join(stat_sql(layout))} FROM {rows} WHERE {entity} IS NOT NULL "
-                           f"GROUP BY 1, 2, 3")
+                layouts = tile_layouts(view)
+                covering = layouts[0] if len(layouts) == 1 else covering_layout(layouts)
+                hop = covering.hop_ms
+                sql = (f"SELECT __partition, {entity} AS __entity, __event_time - __event_time % {hop} "
+                       f"AS __tile, {', '.join(stat_sql(covering))} FROM {rows} WHERE {entity} IS NOT NULL "
+                       f"GROUP BY 1, 2, 3")
+                for layout in layouts:
                     # reads at t reach back window - hop from t's tile; events (hence tiles) may lead the
                     # clock by the future tolerance
-                    keep = layout.max_window_ms + hop + source.future_tolerance_ms
-                    period = max(1, keep // hop // 4) * hop
+                    keep = layout.max_window_ms + layout.hop_ms + source.future_tolerance_ms
+                    period = max(1, keep // layout.hop_ms // 4) * layout.hop_ms
                     pexpire, refresh = _ttl(keep + TTL_MARGIN_MS)
-                    self._sql.append(_ViewSql(view, layout, len(self.layouts), sql, pexpire, keep, period, refresh))
+                    picks = None if layout is covering else tuple(covering.stats.index(s) for s in layout.stats)
+                    self._targets.append(_Target(view, layout, len(self.layouts), pexpire, keep, period, refresh,
+                                                 picks))
                     self.layouts.append(layout)
+                self._queries.append(_Query(sql, covering, tuple(range(first, len(self._targets)))))
             else:
                 # the newest row per partition and entity: the max of (event_time, tie, seq, values...)
                 # (seq is unique, so the order is decided before the values); a hash aggregate costs
@@ -119,9 +142,10 @@ class SourcePlan:
                        f"max({{{packed}}}) AS __row FROM {rows} WHERE {entity} IS NOT NULL GROUP BY 1, 2)")
                 ttl = view.ttl_ms
                 pexpire, refresh = (0, 1) if ttl is None else _ttl(ttl + TTL_MARGIN_MS)
-                self._sql.append(_ViewSql(view, None, -1, sql, pexpire, 0, 0, refresh))
+                self._targets.append(_Target(view, None, -1, pexpire, 0, 0, refresh))
+                self._queries.append(_Query(sql, None, (first,)))
         plan_id = next(_STATEMENT_IDS)
-        self._names = [f"__plan{plan_id}_{i}" for i in range(len(self._sql))]
+        self._names = [f"__plan{plan_id}_{i}" for i in range(len(self._queries))]
         self._executes = [f"EXECUTE {name}" for name in self._names]
         self._prepared_on: weakref.WeakSet[duckdb.DuckDBPyConnection] = weakref.WeakSet()
 
@@ -133,7 +157,7 @@ class SourcePlan:
     def _parts(self, index: int, partition: int) -> tuple[str, str]:
         parts = self._key_parts.get((index, partition))
         if parts is None:
-            item = self._sql[index]
+            item = self._targets[index]
             hop = None if item.layout is None else item.layout.hop_ms
             before, after = self.keys.state_key(item.view, partition, "\x00", hop).split("\x00")
             parts = self._key_parts[(index, partition)] = (before, after)
@@ -147,7 +171,7 @@ class SourcePlan:
         self._refreshed[key] = bucket
         return True
 
-    def _tile_writes(self, index: int, item: _ViewSql, rows: list[tuple[Any, ...]],
+    def _tile_writes(self, index: int, item: _Target, rows: list[tuple[Any, ...]],
                      batches: Mapping[int, PartitionBatch], bucket: int) -> None:
         """One tile item per (partition, entity) run of `rows` (ordered by partition, entity, tile)."""
         packed = pack_stats_many([row[3:] for row in rows])
@@ -185,8 +209,8 @@ class SourcePlan:
         """Raise TransformFailed if any view's SQL fails on `table` (used to find bad rows)."""
         con.register(RELATION, table)
         try:
-            for item in self._sql:
-                con.execute(item.sql).fetchall()
+            for query in self._queries:
+                con.execute(query.sql).fetchall()
         except duckdb.Error as exc:
             raise TransformFailed(str(exc).splitlines()[0]) from None
         finally:
@@ -204,8 +228,8 @@ class SourcePlan:
         registering each batch does), so it reads the batch registered now.
         """
         if con not in self._prepared_on:
-            for name, item in zip(self._names, self._sql, strict=True):
-                con.execute(f"PREPARE {name} AS {item.sql}")
+            for name, query in zip(self._names, self._queries, strict=True):
+                con.execute(f"PREPARE {name} AS {query.sql}")
             self._prepared_on.add(con)
         return self._executes
 
@@ -218,20 +242,51 @@ class SourcePlan:
                 statements = self._statements(con)
             except duckdb.Error as exc:
                 raise TransformFailed(str(exc).splitlines()[0]) from None
-            for index, item in enumerate(self._sql):
+            for statement, query in zip(statements, self._queries, strict=True):
                 try:
-                    rows = con.execute(statements[index]).fetchall()
+                    rows = con.execute(statement).fetchall()
                 except duckdb.Error as exc:
                     raise TransformFailed(str(exc).splitlines()[0]) from None
-                bucket = now_ms // item.refresh_ms
-                if item.layout is None:
-                    pexpire = item.pexpire_ms
+                if query.layout is None:
+                    (index,) = query.targets
+                    item = self._targets[index]
+                    bucket, pexpire = now_ms // item.refresh_ms, item.pexpire_ms
                     for partition, entity, event_time, tie, seq, *values in rows:
                         key = self._key(index, partition, entity)
                         batches[partition].add_latest(key, pexpire, pexpire > 0 and self._refresh(key, bucket),
                                                       event_time, tie, seq, pack_latest(event_time, tie, seq, values))
                     continue
                 rows.sort(key=_BY_PARTITION_ENTITY_TILE)  # cheaper here than an ORDER BY in DuckDB (~0.25 ms)
-                self._tile_writes(index, item, rows, batches, bucket)
+                for index in query.targets:
+                    item = self._targets[index]
+                    tiles = rows if item.picks is None else _rolled_up(query.layout, item, rows)
+                    self._tile_writes(index, item, tiles, batches, now_ms // item.refresh_ms)
         finally:
             con.unregister(RELATION)
+
+
+def _rolled_up(covering: TileLayout, target: _Target, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Rows of `covering` tiles (sorted by partition, entity, tile) merged into the tiles of `target`'s layout.
+
+    Within a micro-batch an entity's events mostly share a tile, so most
+    output tiles come from one row, whose stats are only picked, not merged.
+    """
+    assert target.layout is not None
+    assert target.picks is not None
+    hop, picks = target.layout.hop_ms, target.picks
+    pick = operator.itemgetter(*(3 + k for k in picks))  # a layout has at least 2 stats (et, and one per aggregate)
+    out: list[tuple[Any, ...]] = []
+    n, i = len(rows), 0
+    while i < n:
+        row = rows[i]
+        partition, entity, tile = row[0], row[1], tile_start(row[2], hop)
+        i += 1
+        if i == n or rows[i][1] != entity or rows[i][0] != partition:  # the usual case: one row
+            out.append((partition, entity, tile, *pick(row)))
+            continue
+        stats: Sequence[Any] = row[3:]
+        while i < n and rows[i][1] == entity and rows[i][0] == partition and tile_start(rows[i][2], hop) == tile:
+            stats = merge(covering, stats, rows[i][3:])
+            i += 1
+        out.append((partition, entity, tile, *[stats[k] for k in picks]))
+    return out

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from feature_store.aggregates import event_stats, merge
+from feature_store.aggregates import event_stats, merge, stat_sql
 from feature_store.definitions import StreamSource
 from feature_store.durations import to_ms
 from feature_store.online import KeyLayout, OnlineReader
@@ -22,6 +22,7 @@ from feature_store.online.codec import pack_stats, unpack_stats
 from feature_store.online.keys import hash_tag
 from feature_store.online.writer import NO_OFFSET, OnlineWriter, PartitionBatch
 from feature_store.repo import FeatureRepo
+from feature_store.transforms import transformed_sql
 from streams.batch import APPLIED, Classified, applied_table
 from streams.views import SourcePlan
 from tests import oracle
@@ -172,7 +173,7 @@ class _Unprepared(SourcePlan):
     """The plan running each query's SQL text as it is (what writes_many did before preparing them)."""
 
     def _statements(self, con: duckdb.DuckDBPyConnection) -> list[str]:
-        return [item.sql for item in self._sql]
+        return [query.sql for query in self._queries]
 
 
 @settings(max_examples=40, deadline=None)
@@ -201,6 +202,54 @@ def test_prepared_writes_equal_the_plain_queries(fetches: list[list[tuple[int, d
         plan.writes_many(con, table, got, 1_000 * n)
         reference.writes_many(duckdb.connect(), table, want, 1_000 * n)
         assert {p: (b.keys, b.items) for p, b in got.items()} == {p: (b.keys, b.items) for p, b in want.items()}
+
+
+@settings(max_examples=60, deadline=None)
+@given(fetch=st.lists(st.tuples(st.integers(0, 2), _event), min_size=1, max_size=40))
+def test_tiles_merged_from_the_covering_query_equal_each_layouts_own_query(
+        fetch: list[tuple[int, dict[str, Any]]]) -> None:
+    """A view with 5 min and 1 h tiles runs one query at 5 min with every stat (`covering_layout`); the tiles of
+    each layout merged from its rows equal that layout's own `stat_sql` over the batch (the batch path's query):
+    the same keys and tiles, ints exact, floats within rounding (merges add in another order)."""
+    repo = events_repo("writer-unused", partitions=3)
+    source = repo.sources["events"]
+    assert isinstance(source, StreamSource)
+    keys = KeyLayout("c")
+    plan = SourcePlan(source, repo.views_of(source), keys)
+    assert len({layout.view for layout in plan.layouts}) < len(plan.layouts)  # some view has several layouts
+    batches: dict[int, PartitionBatch] = {}
+    tables: list[pa.Table] = []
+    for partition in sorted({p for p, _ in fetch}):
+        c = _classified([e for p, e in fetch if p == partition], 0)
+        tables.append(applied_table(source, c, list(range(len(c.offsets))), partition, 1))
+        batches[partition] = PartitionBatch(offset_key="o", expected_offset=0, first_offset=0, last_offset=0,
+                                            watermark=0, layouts=plan.layouts)
+    table = pa.concat_tables(tables)
+    con = duckdb.connect()
+    plan.writes_many(con, table, batches, 0)
+    got = {}
+    for batch in batches.values():
+        for key, item in zip(batch.keys, batch.items, strict=True):
+            if item[0] == 1:  # tiles: [1, layout + 1, pexpire, keep, refresh, period, start, packed, ...]
+                fields = item[6:]
+                for start, packed in zip(fields[::2], fields[1::2], strict=True):
+                    got[(key, int(start))] = unpack_stats(packed)
+    want = {}
+    con.register("__batch", table)
+    for layout in plan.layouts:
+        view = repo.views[layout.view]
+        entity = f'"{view.entity.join_key}"'
+        rows = con.execute(f"SELECT __partition, {entity}, __event_time - __event_time % {layout.hop_ms}, "
+                           f"{', '.join(stat_sql(layout))} FROM ({transformed_sql('__batch', view.transform)}) "
+                           f"WHERE {entity} IS NOT NULL GROUP BY 1, 2, 3").fetchall()
+        for partition, key_value, start, *stats in rows:
+            want[(keys.state_key(view, partition, key_value, layout.hop_ms), start)] = unpack_stats(pack_stats(stats))
+    assert got.keys() == want.keys()
+    amounts = [abs(e["amount"]) for _, e in fetch if e["amount"] is not None]
+    scale = len(fetch) * max([1.0, *amounts]) ** 2  # sums and squared deviations round at this magnitude
+    for tile, stats in want.items():
+        assert all(oracle.close(a, b, abs_=1e-12 * scale) for a, b in zip(got[tile], stats, strict=True)), \
+            (tile, got[tile], stats)
 
 
 async def test_an_item_of_thousands_of_tiles_with_a_repeated_tile_merges_every_one(
