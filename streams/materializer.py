@@ -227,6 +227,8 @@ class Materializer:
             await self._drain()
             for source in self._sources.values():
                 source.log.flush_all()
+            for tp, part in self._parts.items():
+                self._forget_lag(tp, part)
             self._parts.clear()
         if self._cpu is not None:
             self._cpu.shutdown()
@@ -329,6 +331,12 @@ class Materializer:
             part = self._parts.pop(tp, None)
             if part is not None:
                 part.source.log.close_partition(tp.partition)
+                self._forget_lag(tp, part)
+
+    def _forget_lag(self, tp: TopicPartition, part: _Partition) -> None:
+        """Drop a released partition's lag gauge: its new owner reports it (a kept value would read as stuck)."""
+        with contextlib.suppress(KeyError):  # never set (no fetch yet)
+            self.metrics.lag.remove(part.source.source.name, str(tp.partition))
 
     async def _refence(self, tp: TopicPartition, part: _Partition) -> None:
         """The store refused a batch: reload its position and resume from what it and the log hold."""

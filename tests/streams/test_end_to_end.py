@@ -168,3 +168,46 @@ async def test_batches_are_paced_and_hold_the_events_that_arrived_meanwhile(sett
     assert min(gaps) >= interval_s * 1000 - 5, gaps
     lags = sorted(started - newest for started, newest in batches)
     assert lags[len(lags) // 2] < interval_s * 1000 / 2, lags
+
+
+def _lag_partitions(materializer: Materializer) -> set[str]:
+    return {sample.labels["partition"] for metric in materializer.metrics.lag.collect() for sample in metric.samples}
+
+
+async def test_lag_is_reported_only_for_the_partitions_a_worker_holds(settings: Settings, unique: str) -> None:
+    """Each worker reports lag for the partitions it holds; when a second worker joins and takes some, the
+    first stops reporting them (a kept gauge would read as a partition stuck at its last lag), and a
+    stopped worker reports none."""
+    repo = events_repo(f"lag-{unique}", partitions=4)
+    first = Materializer(config(settings, unique), repo)
+    second = Materializer(config(settings, unique), repo)
+    await first.start()
+    task = asyncio.create_task(first.run())
+    try:
+        async with EventPublisher(settings, repo, linger_ms=0) as publisher:
+            events = generate(40, seed=3, users=12)
+            assert (await publisher.publish_many("events", events)).ok
+        deadline = time.monotonic() + 30
+        while _lag_partitions(first) != {"0", "1", "2", "3"}:
+            assert time.monotonic() < deadline, _lag_partitions(first)
+            await asyncio.sleep(0.1)
+        await second.start()
+        other = asyncio.create_task(second.run())
+        try:
+            while not second._parts or len(first._parts) + len(second._parts) != 4:
+                assert time.monotonic() < deadline + 30, "the group did not rebalance"
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)  # a few batch loops: each worker's gauges cover its partitions
+            held = {str(tp.partition) for tp in first._parts}
+            assert 0 < len(held) < 4
+            assert _lag_partitions(first) == held
+        finally:
+            second.request_stop()
+            await other
+            await second.stop()
+        assert not _lag_partitions(second)
+    finally:
+        first.request_stop()
+        await task
+        await first.stop()
+    assert not _lag_partitions(first)
