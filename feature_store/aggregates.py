@@ -11,8 +11,9 @@ An aggregation is computed from mergeable *stats* (partial aggregates):
 `stat_sql` gives the SQL that computes the stats over any set of rows: a
 micro-batch tile in the stream path, a tile of the offline log in
 materialization, the window of one training row in the batch path. `merge`
-combines two stat vectors (serving merges tiles with it; the stream path's
-Redis script implements the same rules from `TileLayout.ops`), and
+combines two stat vectors (serving merges tiles with it, the stream path
+merges a micro-batch's finer tiles into coarser ones with it, and its Redis
+script implements the same rules from `TileLayout.ops`), and
 `finalize` / `finalize_sql` turn stats into the feature value. Nothing else
 computes an aggregate.
 
