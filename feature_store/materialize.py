@@ -67,7 +67,7 @@ from feature_store.offline.events import STRUCT_ORDER, order_key, view_events_sq
 from feature_store.online import KeyLayout
 from feature_store.online.client import UNREACHABLE, OnlineClient
 from feature_store.online.keys import hash_tag
-from feature_store.windows import DAY_MS, tile_start
+from feature_store.windows import DAY_MS, tile_start, tile_start_sql
 
 __all__ = ["EXPIRE_MARGIN_MS", "READER_MARKERS", "MaterializeReport", "materialize"]
 
@@ -364,7 +364,7 @@ def _tile_blocks(con: duckdb.DuckDBPyConnection, rows: str, view: FeatureView, l
     """HDEL markers, HSET tiles, PEXPIRE per key, from `_tile_rows`, in `_SLICES` queries by entity hash."""
     hop = layout.hop_ms
     lower = tile_start(start_ms - layout.max_window_ms, hop)
-    tile = f"(__event_time - (((__event_time % {hop}) + {hop}) % {hop}))"  # windows.tile_start
+    tile = tile_start_sql("__event_time", hop)
     for part in range(_SLICES):
         sql = (f"SELECT __entity, __partition, {tile} AS __tile, {', '.join(stat_sql(layout))} FROM {rows} "
                f"WHERE __event_time >= {lower} AND hash(__entity) % {_SLICES} = {part} "

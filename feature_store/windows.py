@@ -21,6 +21,7 @@ __all__ = [
     "default_hop_ms",
     "first_tile_start",
     "tile_start",
+    "tile_start_sql",
     "window_lower_bound",
 ]
 
@@ -46,6 +47,12 @@ def default_hop_ms(window_ms: int) -> int:
 def tile_start(event_time_ms: int, hop_ms: int) -> int:
     """Start of the tile holding `event_time_ms` (floor to a multiple of the hop)."""
     return event_time_ms - event_time_ms % hop_ms
+
+
+def tile_start_sql(column: str, hop_ms: int) -> str:
+    """`tile_start` in SQL. DuckDB's % keeps the dividend's sign, so `t - t % hop` would round times before
+    1970 up to the next tile, not down."""
+    return f"({column} - ((({column} % {hop_ms}) + {hop_ms}) % {hop_ms}))"
 
 
 def first_tile_start(t_ms: int, window_ms: int, hop_ms: int) -> int:

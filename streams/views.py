@@ -38,7 +38,7 @@ from feature_store.online.codec import pack_latest, pack_stats_many
 from feature_store.online.keys import KeyLayout
 from feature_store.online.writer import PartitionBatch
 from feature_store.transforms import transformed_sql
-from feature_store.windows import tile_start
+from feature_store.windows import tile_start, tile_start_sql
 
 __all__ = ["RELATION", "SourcePlan", "TransformFailed"]
 
@@ -117,7 +117,7 @@ class SourcePlan:
                 layouts = tile_layouts(view)
                 covering = layouts[0] if len(layouts) == 1 else covering_layout(layouts)
                 hop = covering.hop_ms
-                sql = (f"SELECT __partition, {entity} AS __entity, __event_time - __event_time % {hop} "
+                sql = (f"SELECT __partition, {entity} AS __entity, {tile_start_sql('__event_time', hop)} "
                        f"AS __tile, {', '.join(stat_sql(covering))} FROM {rows} WHERE {entity} IS NOT NULL "
                        f"GROUP BY 1, 2, 3")
                 for layout in layouts:

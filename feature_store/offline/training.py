@@ -40,6 +40,7 @@ from feature_store.errors import OfflineStoreError
 from feature_store.offline.engine import Progress, run_with_progress, sql_str
 from feature_store.offline.events import view_events_sql
 from feature_store.transforms import DUCKDB_TYPES
+from feature_store.windows import tile_start_sql
 
 if TYPE_CHECKING:
     import pandas as pd  # type: ignore[import-untyped]  # no pandas-stubs in the env
@@ -138,7 +139,7 @@ def _windowed_ctes(view: FeatureView, features: list[str], events: str, key: str
     for i, ((hop, window), aggs) in enumerate(sorted(groups.items())):
         layout = _sub_layout(view, hop, aggs)
         name = f"{tag}_w{i}"
-        lower = f"r.{T} - (((r.{T} % {hop}) + {hop}) % {hop}) - {window} + {hop}"  # windows.window_lower_bound
+        lower = f"{tile_start_sql(f'r.{T}', hop)} - {window} + {hop}"  # windows.window_lower_bound
         served = f" AND e.__avail <= r.{T}" if as_served else ""
         ctes.append(
             f"{name} AS (SELECT r.{ROW}, {', '.join(stat_sql(layout))} FROM (SELECT {ROW}, {T}, {key} FROM __keyed) r "

@@ -23,12 +23,14 @@ from feature_store.online.keys import hash_tag
 from feature_store.online.writer import NO_OFFSET, OnlineWriter, PartitionBatch
 from feature_store.repo import FeatureRepo
 from feature_store.transforms import transformed_sql
+from feature_store.windows import tile_start_sql
 from streams.batch import APPLIED, Classified, applied_table
 from streams.views import SourcePlan
 from tests import oracle
 from tests.streams.support import events_repo
 
 START = 1_767_225_600_000
+PRE_1970 = -400 * 86_400_000 - 7 * 60_000  # 1968-11-26T23:53Z: tiles of 5 min and 1 h cross it
 REPO = events_repo("writer-unused", partitions=1)
 SOURCE = REPO.sources["events"]
 
@@ -71,10 +73,13 @@ async def _apply_batches(redis: OnlineClient, repo: FeatureRepo, prefix: str,
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(events=st.lists(_event, min_size=1, max_size=40), cuts=st.lists(st.integers(0, 40), max_size=4),
-       reads=st.lists(st.integers(0, 3 * 3_600_000), min_size=1, max_size=3))
+       reads=st.lists(st.integers(0, 3 * 3_600_000), min_size=1, max_size=3),
+       shift=st.sampled_from([0, PRE_1970 - START]))
 def test_merged_tiles_equal_the_oracle(redis_db_url: str, events: list[dict[str, Any]], cuts: list[int],
-                                       reads: list[int]) -> None:
-    """Any split of the events into batches gives the values the oracle computes over all of them."""
+                                       reads: list[int], shift: int) -> None:
+    """Any split of the events into batches gives the values the oracle computes over all of them (also for
+    events before 1970, whose tiles floor to a multiple of the hop like every other's)."""
+    events = [{**e, "ts": e["ts"] + shift} for e in events]
     bounds = sorted({0, len(events), *(c for c in cuts if c < len(events))})
     batches = [events[a:b] for a, b in itertools.pairwise(bounds) if b > a]
 
@@ -96,7 +101,8 @@ def test_merged_tiles_equal_the_oracle(redis_db_url: str, events: list[dict[str,
                     t = newest + gap
                     got = await reader.read({view: view.feature_names}, [{key: x} for x in entities], t)
                     for entity, values in zip(entities, got, strict=True):
-                        want = oracle.feature_values(view, view_events, entity, t)
+                        # the store holds every applied event whenever it was ingested (tie 7: 1970)
+                        want = oracle.feature_values(view, view_events, entity, t, ignore_ingest_time=True)
                         for name, expected in want.items():
                             value = values[f"{view.name}:{name}"].value
                             assert oracle.close(value, expected, rel=1e-9, abs_=1e-6), (view.name, entity, t, name,
@@ -205,9 +211,10 @@ def test_prepared_writes_equal_the_plain_queries(fetches: list[list[tuple[int, d
 
 
 @settings(max_examples=60, deadline=None)
-@given(fetch=st.lists(st.tuples(st.integers(0, 2), _event), min_size=1, max_size=40))
+@given(fetch=st.lists(st.tuples(st.integers(0, 2), _event), min_size=1, max_size=40),
+       shift=st.sampled_from([0, PRE_1970 - START]))
 def test_tiles_merged_from_the_covering_query_equal_each_layouts_own_query(
-        fetch: list[tuple[int, dict[str, Any]]]) -> None:
+        fetch: list[tuple[int, dict[str, Any]]], shift: int) -> None:
     """A view with 5 min and 1 h tiles runs one query at 5 min with every stat (`covering_layout`); the tiles of
     each layout merged from its rows equal that layout's own `stat_sql` over the batch (the batch path's query):
     the same keys and tiles, ints exact, floats within rounding (merges add in another order)."""
@@ -217,6 +224,7 @@ def test_tiles_merged_from_the_covering_query_equal_each_layouts_own_query(
     keys = KeyLayout("c")
     plan = SourcePlan(source, repo.views_of(source), keys)
     assert len({layout.view for layout in plan.layouts}) < len(plan.layouts)  # some view has several layouts
+    fetch = [(p, {**e, "ts": e["ts"] + shift}) for p, e in fetch]
     batches: dict[int, PartitionBatch] = {}
     tables: list[pa.Table] = []
     for partition in sorted({p for p, _ in fetch}):
@@ -239,7 +247,7 @@ def test_tiles_merged_from_the_covering_query_equal_each_layouts_own_query(
     for layout in plan.layouts:
         view = repo.views[layout.view]
         entity = f'"{view.entity.join_key}"'
-        rows = con.execute(f"SELECT __partition, {entity}, __event_time - __event_time % {layout.hop_ms}, "
+        rows = con.execute(f"SELECT __partition, {entity}, {tile_start_sql('__event_time', layout.hop_ms)}, "
                            f"{', '.join(stat_sql(layout))} FROM ({transformed_sql('__batch', view.transform)}) "
                            f"WHERE {entity} IS NOT NULL GROUP BY 1, 2, 3").fetchall()
         for partition, key_value, start, *stats in rows:
