@@ -13,8 +13,8 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from feature_store.aggregates import event_stats, merge, stat_sql
-from feature_store.definitions import StreamSource
+from feature_store.aggregates import covering_layout, event_stats, merge, stat_sql, tile_layouts
+from feature_store.definitions import Aggregation, FeatureView, StreamSource
 from feature_store.durations import to_ms
 from feature_store.online import KeyLayout, OnlineReader
 from feature_store.online.client import OnlineClient, open_online
@@ -215,12 +215,19 @@ def test_prepared_writes_equal_the_plain_queries(fetches: list[list[tuple[int, d
        shift=st.sampled_from([0, PRE_1970 - START]))
 def test_tiles_merged_from_the_covering_query_equal_each_layouts_own_query(
         fetch: list[tuple[int, dict[str, Any]]], shift: int) -> None:
-    """A view with 5 min and 1 h tiles runs one query at 5 min with every stat (`covering_layout`); the tiles of
-    each layout merged from its rows equal that layout's own `stat_sql` over the batch (the batch path's query):
-    the same keys and tiles, ints exact, floats within rounding (merges add in another order)."""
-    repo = events_repo("writer-unused", partitions=3)
-    source = repo.sources["events"]
+    """A view with 5 min and 1 h tiles runs one query at 5 min with every stat (`covering_layout`), one with
+    10 and 15 min tiles at 5 min (their gcd); the tiles of each layout merged from its rows equal that layout's
+    own `stat_sql` over the batch (the batch path's query): the same keys and tiles, ints exact, floats within
+    rounding (merges add in another order)."""
+    base = events_repo("writer-unused", partitions=3)
+    source = base.sources["events"]
     assert isinstance(source, StreamSource)
+    odd = FeatureView(name="odd", entity=base.views["spend"].entity, source=source, aggregations=[
+        Aggregation(column="amount", function="sum", window="20m", hop="10m", name="sum_20m"),
+        Aggregation(column="amount", function="max", window="45m", hop="15m", name="max_45m"),
+        Aggregation(column="label", function="last", window="45m", hop="15m", name="last_45m")])
+    repo = FeatureRepo.from_definitions([*base.views.values(), odd])
+    assert covering_layout(tile_layouts(odd)).hop_ms == 5 * 60_000  # tiles of neither layout's hop
     keys = KeyLayout("c")
     plan = SourcePlan(source, repo.views_of(source), keys)
     assert len({layout.view for layout in plan.layouts}) < len(plan.layouts)  # some view has several layouts
