@@ -23,10 +23,11 @@ model over the same 8 features + a derived request feature):
 Warm and cold: the server caches the merged closed tiles per tile hash
 (`feature_store.online.tile_cache`), so a repeated read fetches only the open
 tiles. `features_*` and `predict_*` run on that server (after warm-up, the
-cache holds every key; tile boundaries crossed during the run force whole
-reads as they would in production). `features_*_cold` run on a second server
-with the cache off: every read is a miss, i.e. what the first read of a key
-after a tile boundary, a late event or a materialization costs.
+cache holds every key; a tile boundary crossed during the run rolls the
+entries forward, a second one forces whole reads, as in production).
+`features_*_cold` run on a second server with the cache off: every read is a
+miss, i.e. what the first read of a key after a late event or a
+materialization costs.
 
 Printed next to the physical limit measured in the same run: the reader's
 pipelined Redis commands sent on its wire path (one hiredis-packed write, replies
@@ -71,6 +72,7 @@ from feature_store.aggregates import SEQ_PARTITION_SHIFT, empty_stats, event_sta
 from feature_store.definitions import FeatureService, FeatureView  # noqa: E402
 from feature_store.online import KeyLayout, OnlineReader, pack_stats, partition_for  # noqa: E402
 from feature_store.online.resp import execute  # noqa: E402
+from feature_store.online.tile_cache import shape_of  # noqa: E402
 from feature_store.online.writer import NO_OFFSET, OnlineWriter, PartitionBatch  # noqa: E402
 from feature_store.windows import tile_start  # noqa: E402
 
@@ -189,7 +191,7 @@ async def raw_limits(redis_url: str, view: FeatureView, entities: list[str], n: 
             for layout in layouts:
                 key = keys.state_key(view, partition_for(entity, view.source.partitions), entity, layout.hop_ms)
                 whole.append(("HGETALL", key))
-                entry = warm_reader.cache.get(key, tile_start(t, layout.hop_ms))
+                entry = warm_reader.cache.get(key, shape_of(layout), tile_start(t, layout.hop_ms))
                 assert entry is not None, "bench state lacks the cache markers"
                 probe.append(("HMGET", key, *entry.probe))
         start = time.perf_counter()

@@ -149,7 +149,7 @@ class OnlineReader:
                         for p in partitions:
                             head, tail = parts[p]
                             key = f"{head}{entity}{tail}"
-                            entry = cache.get(key, start)
+                            entry = cache.get(key, shape, start)
                             commands.append(("HGETALL", key) if entry is None else ("HMGET", key, *entry.probe))
                             series = _Series(count, key, shape, start, entry)
                             per_partition.append(series)

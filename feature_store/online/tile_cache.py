@@ -17,8 +17,14 @@ boundary `b = min(~t, S)`:
 
 A hash without `~m` (never written by the stream, or rewritten by
 materialization, which deletes the markers first) is read whole and not
-cached. Entries are per (key, S); a read at another S rebuilds the entry from
-a full `HGETALL`. The cache is a bounded LRU.
+cached. Entries are per (key, S). When the clock crosses into the next tile,
+S + hop, the entry rolls forward without a read: it also holds the closed
+merges as they are one tile later (each window reaches one tile less far
+back), and tile S joins the open tiles. Otherwise a read at another S
+rebuilds the entry from a full `HGETALL`. Without the roll, every cached key
+of a hop missed at once at each of its tile boundaries: for 100 entities,
+requests cost up to ~2x the CPU until the keys were read again. The cache is
+a bounded LRU.
 """
 
 from __future__ import annotations
@@ -97,7 +103,9 @@ class Entry(NamedTuple):
     version: bytes
     newest: bytes  # `~t` as stored, checked when `check_newest`
     start: int
+    boundary: int  # tiles before it are closed
     closed: tuple[tuple[Any, ...] | None, ...]  # merged stats per depth (Shape.depths), None when no tile
+    rolled: tuple[tuple[Any, ...] | None, ...] | None  # `closed` as it is at start + hop (None: rolled already)
     probe: tuple[str, ...]  # HMGET fields: ~m, ~t, then the open tiles by name (depth ascending)
     open_depths: tuple[int, ...]  # depth of each open tile in `probe[2:]`
     check_newest: bool
@@ -112,14 +120,22 @@ class TileCache:
         self.hits = 0  # probes answered from the entry and the open tiles
         self.stale = 0  # probes that found the closed tiles changed (then read whole)
         self.full = 0  # hashes read whole (no entry for the key and tile start, or stale)
+        self.rolls = 0  # entries rolled forward into the next tile instead
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: str, start: int) -> Entry | None:
+    def get(self, key: str, shape: Shape, start: int) -> Entry | None:
+        """The entry of `key` for a read at tile start `start`, rolled forward one tile when it is for the one
+        before; None when there is none."""
         entry = self._entries.get(key)
-        if entry is None or entry.start != start:
+        if entry is None:
             return None
+        if entry.start != start:
+            if entry.rolled is None or start != entry.start + shape.hop_ms:
+                return None
+            entry = self._entries[key] = _rolled(shape, entry)
+            self.rolls += 1
         self._entries.move_to_end(key)
         return entry
 
@@ -175,33 +191,50 @@ def from_full(shape: Shape, start: int, reply: dict[bytes, bytes]) -> tuple[Merg
         else:
             closed_tiles[depth] = packed
     layout = shape.layout
-    closed: list[Sequence[Any] | None] = []
+    depths = shape.depths
+    # closed merges cumulated by depth: at each window depth (closed) and one less (rolled: a tile later,
+    # each window reaches one tile less far back)
+    wanted = sorted({*depths, *(d - 1 for d in depths)})
+    cum_at: dict[int, tuple[Any, ...] | None] = {}
     cum: Stats | None = None
     ordered = sorted(closed_tiles)
     i = 0
-    for depth in shape.depths:
+    for depth in wanted:
         while i < len(ordered) and ordered[i] <= depth:
             stats = unpack_stats(closed_tiles[ordered[i]])
             cum = stats if cum is None else merge(layout, cum, stats)
             i += 1
-        closed.append(cum)
+        cum_at[depth] = None if cum is None else tuple(cum)
+    closed = tuple(cum_at[d] for d in depths)
     open_tiles.sort(key=lambda item: item[0])
     merged = _combine(shape, closed, open_tiles)
     if not cacheable:
         return merged, None
-    probe: tuple[str, ...]
-    open_depths: tuple[int, ...]
-    if open_count > max_depth:  # idle past every window: nothing to fetch while ~t stays
-        probe, open_depths, check = (), (), True
-    elif open_count > PROBE_SPAN:
-        probe, open_depths, check = (str(boundary),), (open_count,), True
-    else:
-        probe = tuple(str(start - k * hop) for k in range(open_count))
-        open_depths, check = tuple(range(1, open_count + 1)), False
-    frozen = tuple(None if stats is None else tuple(stats) for stats in closed)
-    entry = Entry(version, newest, start, frozen, (VERSION_FIELD, NEWEST_FIELD, *probe),  # type: ignore[arg-type]
-                  open_depths, check)
+    entry = Entry(version, newest, start, boundary, closed, tuple(cum_at[d - 1] for d in depths),  # type: ignore[arg-type]
+                  *_probe(shape, start, boundary))
     return merged, entry
+
+
+def _probe(shape: Shape, start: int, boundary: int) -> tuple[tuple[str, ...], tuple[int, ...], bool]:
+    """(HMGET fields, depth of each open tile fetched, whether `~t` must be unchanged) for a read at tile
+    start `start` whose tiles from `boundary` on are open."""
+    hop, max_depth = shape.hop_ms, shape.max_depth
+    open_count = (start - boundary) // hop + 1  # depths 1 .. open_count are open
+    if open_count > max_depth:  # idle past every window: nothing to fetch while ~t stays
+        return (VERSION_FIELD, NEWEST_FIELD), (), True
+    if open_count > PROBE_SPAN:
+        return (VERSION_FIELD, NEWEST_FIELD, str(boundary)), (open_count,), True
+    return ((VERSION_FIELD, NEWEST_FIELD, *(str(start - k * hop) for k in range(open_count))),
+            tuple(range(1, open_count + 1)), False)
+
+
+def _rolled(shape: Shape, entry: Entry) -> Entry:
+    """`entry` one tile later: the closed merges it kept for then, tile `entry.start` now open too."""
+    assert entry.rolled is not None
+    start = entry.start + shape.hop_ms
+    probe, open_depths, check_newest = _probe(shape, start, entry.boundary)
+    return entry._replace(start=start, closed=entry.rolled, rolled=None, probe=probe, open_depths=open_depths,
+                          check_newest=check_newest)
 
 
 def from_probe(shape: Shape, entry: Entry, reply: list[bytes | None]) -> Merged | None:

@@ -118,21 +118,24 @@ _event = st.fixed_dictionaries({
 _step = st.one_of(
     st.tuples(st.just("write"), st.lists(_event, min_size=1, max_size=6)),
     st.tuples(st.just("read"), st.one_of(st.just(0), st.integers(0, 40 * MINUTE))),
-    st.tuples(st.just("advance"), st.one_of(st.integers(0, 3 * MINUTE), st.integers(0, 90 * MINUTE))),
+    st.tuples(st.just("advance"), st.one_of(st.integers(0, 3 * MINUTE), st.integers(0, 90 * MINUTE),
+                                            st.sampled_from([5 * MINUTE, 60 * MINUTE]))),  # exactly a tile on
     st.tuples(st.just("rewrite"), st.integers(0, 63)),
     st.tuples(st.just("expire"), st.integers(0, 63)),
 )
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(steps=st.lists(_step, min_size=1, max_size=25))
-def test_cached_reads_equal_uncached_reads(redis_db_url: str, steps: list[tuple[str, Any]]) -> None:
+@given(steps=st.lists(_step, min_size=1, max_size=25), cache_keys=st.sampled_from([8, 1_000]))
+def test_cached_reads_equal_uncached_reads(redis_db_url: str, steps: list[tuple[str, Any]], cache_keys: int) -> None:
+    """Also across tile boundaries, where entries roll forward (8 keys: some were evicted meanwhile)."""
+
     async def run() -> None:
         redis = aioredis.Redis.from_url(redis_db_url)
         try:
             await redis.flushdb()
             stream = Stream(redis, "c")
-            cached = OnlineReader(redis, KeyLayout("c"), cache_keys=8)  # small: evictions happen too
+            cached = OnlineReader(redis, KeyLayout("c"), cache_keys=cache_keys)
             plain = OnlineReader(redis, KeyLayout("c"), cache_keys=0)
             clock = START
             for kind, arg in steps:
@@ -198,3 +201,32 @@ async def test_warm_reads_fetch_only_open_tiles(redis_client: aioredis.Redis) ->
     for _ in range(2):
         assert await reader.read(features, rows, t) == await plain.read(features, rows, t)
     assert reader.cache.full == 6
+
+
+async def test_a_tile_boundary_rolls_the_entries_forward_without_whole_reads(redis_client: aioredis.Redis) -> None:
+    """Crossing into the next tile, a cached key is not read whole: its entry rolls forward one tile (the
+    closed merges as they are then, the old current tile now probed too). Only a second boundary reads whole."""
+    stream = Stream(redis_client, "r")
+    view = REPO.views["spend"]
+    reader = OnlineReader(redis_client, KeyLayout("r"))
+    plain = OnlineReader(redis_client, KeyLayout("r"), cache_keys=0)
+    t = tile_start(START, 5 * MINUTE) + 4 * MINUTE  # a minute before a 5 min boundary
+    # events within the 5 min hash's keep (20 min), so creating the next tile prunes nothing (a prune bumps
+    # ~m: that read is stale and whole, rolled or not)
+    await stream.write([{"user": "u1", "shop": "s1", "amount": float(i), "label": "a", "ts": t - i * 7 * MINUTE}
+                        for i in range(3)])
+    rows = [{"user": "u1"}]
+    features = {view: list(view.feature_names)}
+    assert await reader.read(features, rows, t) == await plain.read(features, rows, t)
+    assert (reader.cache.full, reader.cache.rolls) == (2, 0)  # one hash per hop, read whole once
+
+    t += 2 * MINUTE  # into the next 5 min tile (the 1 h tile stays)
+    await stream.write([{"user": "u1", "shop": "s1", "amount": 40.0, "label": "b", "ts": t}])
+    assert await reader.read(features, rows, t) == await plain.read(features, rows, t)
+    assert (reader.cache.full, reader.cache.rolls, reader.cache.stale) == (2, 1, 0)
+    assert await reader.read(features, rows, t) == await plain.read(features, rows, t)
+    assert (reader.cache.full, reader.cache.rolls, reader.cache.stale) == (2, 1, 0)
+
+    t += 5 * MINUTE  # a second boundary: the rolled entry reads whole once
+    assert await reader.read(features, rows, t) == await plain.read(features, rows, t)
+    assert (reader.cache.full, reader.cache.rolls) == (3, 1)
