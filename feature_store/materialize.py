@@ -203,6 +203,11 @@ class _Writer:
             with contextlib.suppress(OSError):
                 await self._streams[1].wait_closed()
             self._streams = None
+        self._unread, self._partial = 0, b""
+
+
+_RESHARD_RETRIES = 20
+"""Sends of one block while its slots keep moving (ASK: a migration is under way) before the run fails."""
 
 
 class _ClusterWriter:
@@ -210,6 +215,10 @@ class _ClusterWriter:
 
     Keys come sorted by partition (one hash tag each), so a block splits into
     a few runs of consecutive keys, each copied once into its node's share.
+    Every reply of a block is read before the next block goes out, so a slot
+    that moved (MOVED, or ASK while it migrates) is heard of with the block
+    that hit it: the slot map is read again and the whole block sent again
+    (its commands set whole keys: sending them twice writes the same).
     """
 
     def __init__(self, cluster: aioredis.RedisCluster, chunk: int) -> None:
@@ -222,7 +231,19 @@ class _ClusterWriter:
         return sum(w.commands for w in self._writers.values())
 
     async def send(self, block: _Block) -> None:
-        await self._cluster.initialize()
+        for attempt in range(_RESHARD_RETRIES):
+            try:
+                await self._send_once(block)
+                return
+            except ResponseError as exc:
+                if not str(exc).startswith(("MOVED ", "ASK ")) or attempt == _RESHARD_RETRIES - 1:
+                    raise
+                await self.disconnect()  # replies of the block may be left unread
+                await asyncio.sleep(0.05 * attempt)  # ASK: let the migration finish
+                await self._cluster.nodes_manager.initialize()
+
+    async def _send_once(self, block: _Block) -> None:
+        await self._cluster.initialize()  # the slot map, read on first use
         by_node: dict[str, tuple[Any, list[tuple[int, int]]]] = {}
         change = np.flatnonzero(np.diff(block.partitions)) + 1
         for first, last in zip(np.append(0, change), np.append(change, block.keys), strict=True):
@@ -240,6 +261,8 @@ class _ClusterWriter:
             sizes = np.concatenate([np.diff(block.offsets[a:b + 1]) for a, b in runs])
             await writer.send(dataclasses.replace(block, data=memoryview(data),
                                                   offsets=np.concatenate([[0], np.cumsum(sizes)])))
+        for name in by_node:
+            await self._writers[name].close()
 
     async def close(self) -> None:
         for writer in self._writers.values():

@@ -12,7 +12,7 @@ disconnects it so the pool never hands out a socket with unread replies.
 On a Redis Cluster the commands go to the nodes owning their keys (the first
 key; the project's multi-key commands share a hash tag), one pipeline per
 node, all in flight together; a reply saying a slot moved refreshes the slot
-map and the commands are sent once more.
+map and the commands that heard it are sent once more.
 
 Replies are hiredis' raw shapes: bytes, lists, None, and for HGETALL a dict
 (RESP3 map) or a flat field/value list (RESP2); an error reply raises `redis.exceptions.ResponseError`.
@@ -44,9 +44,12 @@ async def execute(redis: OnlineClient, commands: Sequence[tuple[Any, ...]]) -> l
     """
     if isinstance(redis, aioredis.RedisCluster):
         replies = await _on_cluster(redis, commands)
-        if any(isinstance(r, hiredis.ReplyError) and str(r).startswith(("MOVED ", "ASK ")) for r in replies):
-            await redis.nodes_manager.initialize()  # resharded since the slot map was read
-            replies = await _on_cluster(redis, commands)
+        moved = [i for i, r in enumerate(replies) if isinstance(r, hiredis.ReplyError)
+                 and str(r).startswith(("MOVED ", "ASK "))]
+        if moved:  # resharded since the slot map was read: those commands did not run; send them once more
+            await redis.nodes_manager.initialize()
+            for i, reply in zip(moved, await _on_cluster(redis, [commands[i] for i in moved]), strict=True):
+                replies[i] = reply
         return _raise_errors(replies)
     pool = redis.connection_pool
     conn = await pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped

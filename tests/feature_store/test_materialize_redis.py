@@ -36,6 +36,7 @@ from tests.feature_store.offline_cases import (
     windowed_view,
     write_batch,
 )
+from tests.fixtures.redis_cluster import move_slot
 from tests.oracle import Event, close, feature_values, write_log
 
 pytestmark = pytest.mark.integration
@@ -126,6 +127,19 @@ async def test_materialize_into_a_redis_cluster(tmp_path: Path, redis_cluster_ur
         await _online_equals_offline_and_oracle(tmp_path, cluster, unique)
         assert len({cluster.get_node_from_key(hash_tag("ev", p)).name for p in range(3)}) > 1, \
             "the partitions' keys should span nodes"
+    finally:
+        await cluster.aclose()
+
+
+async def test_materialize_follows_a_slot_moved_since_the_client_read_the_map(tmp_path: Path, redis_cluster_url: str,
+                                                                             unique: str) -> None:
+    """A partition's slot moves to another node after the client read the slot map: the writes hear MOVED,
+    read the map again and land on the new owner; the values read back are still right."""
+    cluster = open_online(redis_cluster_url, cluster=True)
+    try:
+        await cluster.initialize()
+        move_slot(redis_cluster_url, hash_tag("ev", 1))
+        await _online_equals_offline_and_oracle(tmp_path, cluster, unique)
     finally:
         await cluster.aclose()
 

@@ -8,7 +8,6 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-import redis
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -27,6 +26,7 @@ from feature_store.windows import tile_start_sql
 from streams.batch import APPLIED, Classified, applied_table
 from streams.views import SourcePlan
 from tests import oracle
+from tests.fixtures.redis_cluster import move_slot
 from tests.streams.support import events_repo
 
 START = 1_767_225_600_000
@@ -302,25 +302,6 @@ async def test_an_item_of_thousands_of_tiles_with_a_repeated_tile_merges_every_o
     assert int(stored[b"~t"]) == START + 4_499 * hop
 
 
-def _move_slot(url: str, key: str) -> None:
-    """Reshard as an operator would: migrate the slot of `key`, with its keys, to another primary."""
-    cluster = redis.RedisCluster.from_url(url)
-    try:
-        slot = cluster.keyslot(key)
-        source = cluster.get_node_from_key(key)
-        target = next(n for n in cluster.get_primaries() if n.name != source.name)
-        src, dst = redis.Redis(host=source.host, port=source.port), redis.Redis(host=target.host, port=target.port)
-        src_id, dst_id = src.execute_command("CLUSTER MYID"), dst.execute_command("CLUSTER MYID")
-        dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id)
-        src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
-        while keys := src.execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
-            src.execute_command("MIGRATE", target.host, target.port, "", 0, 5000, "KEYS", *keys)
-        for node in cluster.get_primaries():
-            redis.Redis(host=node.host, port=node.port).execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
-    finally:
-        cluster.close()
-
-
 async def test_reads_and_batches_follow_a_resharded_slot(redis_cluster_url: str, unique: str) -> None:
     """The partition's slot moves to another node after the client read the slot map: the next read and the
     next batch hear MOVED, refresh the map, and land on the new owner with the state intact."""
@@ -334,7 +315,7 @@ async def test_reads_and_batches_follow_a_resharded_slot(redis_cluster_url: str,
         before = await reader.read({view: ["n_10m"]}, [{"user": "u1"}], START + 10_000)
         assert before[0]["spend:n_10m"].value == 3
         owner = cluster.get_node_from_key(hash_tag(SOURCE.name, 0)).name
-        _move_slot(redis_cluster_url, hash_tag(SOURCE.name, 0))
+        move_slot(redis_cluster_url, hash_tag(SOURCE.name, 0))
         moved = await reader.read({view: ["n_10m"]}, [{"user": "u1"}], START + 10_000)  # a stale slot map
         assert moved[0]["spend:n_10m"].value == 3
         assert await _apply_batches(cluster, REPO, prefix, [events[3:]], offset=2) == [True]
