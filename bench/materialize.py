@@ -13,9 +13,11 @@ redis-server is started (and stopped) for the run.
   as pre-encoded RESP bytes on one raw socket (the wire limit); the compute
   limit is a bare DuckDB GROUP BY with arg_max over the same files;
 - windowed: 3 aggregations in 2 hops (1 h, 1 d) over the last day plus the
-  longest window (30 d): HDEL of the reader-cache markers, one HSET of all
-  tiles and a PEXPIRE per key; limits: the same commands and bytes through a
-  redis-py pipeline and a raw socket;
+  longest window (30 d): one EVALSHA of `set_tiles.lua` per key (all tiles,
+  fresh reader-cache markers, PEXPIRE); limits: the same commands and bytes
+  through a redis-py pipeline and a raw socket, and on the socket the same
+  tiles as plain HSET + PEXPIRE (`raw_socket_without_markers_*`: what the
+  markers cost);
   compute limit: bare DuckDB GROUP BY (user, tile) with count/sum over the
   same rows. `ratio_to_duckdb_plus_socket` compares with both limits added.
 
@@ -115,10 +117,15 @@ def _raw_duckdb(data_dir: Path, name: str, end: int) -> float:
     return seconds
 
 
-async def _snapshot(client: Any, prefix: str) -> tuple[list[tuple[Any, ...]], int]:
-    """The commands that rewrite every key under `prefix` exactly (SET+PX, or HDEL markers, HSET all fields,
-    PEXPIRE): what materialize sends."""
+async def _snapshot(client: Any, prefix: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], int]:
+    """The commands that rewrite every key under `prefix` exactly, as materialize sends them (SET+PX, or one
+    EVALSHA of `set_tiles.lua`: the tiles, fresh reader-cache markers and a PEXPIRE), and the same writes as
+    plain commands without the markers (HSET of the tiles, PEXPIRE): what the markers cost."""
+    from feature_store.materialize import SET_TILES_LUA
+
+    sha = await client.script_load(SET_TILES_LUA)
     commands: list[tuple[Any, ...]] = []
+    plain: list[tuple[Any, ...]] = []
     keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=10_000)]
     fields = 0
     for i in range(0, len(keys), 5_000):
@@ -134,14 +141,16 @@ async def _snapshot(client: Any, prefix: str) -> tuple[list[tuple[Any, ...]], in
         for j, key in enumerate(keys[i:i + 5_000]):
             ttl = meta[2 * j + 1]
             if isinstance(values[j], dict):
-                flat = [x for pair in values[j].items() for x in pair]
-                fields += len(values[j])
-                commands.append(("HDEL", key, "~m", "~t"))  # materialize drops the reader-cache markers too
-                commands.append(("HSET", key, *flat))
-                commands.append(("PEXPIRE", key, ttl))
+                tiles = sorted((int(f), v) for f, v in values[j].items() if not f.startswith(b"~"))
+                flat = [x for pair in tiles for x in pair]
+                fields += len(tiles)
+                commands.append(("EVALSHA", sha, 1, key, tiles[-1][0], ttl, *flat))
+                plain.append(("HSET", key, *flat))
+                plain.append(("PEXPIRE", key, ttl))
             else:
                 commands.append(("SET", key, values[j], "PX", ttl) if ttl > 0 else ("SET", key, values[j]))
-    return commands, fields
+                plain.append(commands[-1])
+    return commands, plain, fields
 
 
 async def run(args: argparse.Namespace, url: str) -> dict[str, Any]:
@@ -164,13 +173,18 @@ async def run(args: argparse.Namespace, url: str) -> dict[str, Any]:
         report = await materialize(client, keys, args.dir, [view], end - DAY, end, con=con, chunk=args.chunk)
         cpu, redis_cpu = _cpu_s() - cpu, await _redis_cpu_s(client) - redis_cpu
         con.close()
-        commands, fields = await _snapshot(client, keys.prefix)
+        commands, plain, fields = await _snapshot(client, keys.prefix)
         await client.flushdb()
         pipeline_s = await _raw_pipeline(client, commands, args.chunk)
         await client.flushdb()
         socket_redis_cpu = await _redis_cpu_s(client)
         socket_s = await _raw_socket(url, [_resp(*c) for c in commands], args.chunk)
         socket_redis_cpu = await _redis_cpu_s(client) - socket_redis_cpu
+        if name == "windowed":
+            await client.flushdb()
+            plain_redis_cpu = await _redis_cpu_s(client)
+            plain_s = await _raw_socket(url, [_resp(*c) for c in plain], args.chunk)
+            plain_redis_cpu = await _redis_cpu_s(client) - plain_redis_cpu
         figures: dict[str, Any] = {
             "seconds": round(report.seconds, 3), "cpu_s": round(cpu, 3), "redis_cpu_s": round(redis_cpu, 3),
             "keys": report.keys, "commands": report.commands,
@@ -190,6 +204,8 @@ async def run(args: argparse.Namespace, url: str) -> dict[str, Any]:
             figures["tiles_per_s"] = round(report.tiles / report.seconds)
             figures["raw_pipeline_tiles_per_s"] = round(fields / pipeline_s)
             figures["raw_socket_tiles_per_s"] = round(fields / socket_s)
+            figures["raw_socket_without_markers_s"] = round(plain_s, 3)  # HSET + PEXPIRE, no set_tiles.lua
+            figures["raw_socket_without_markers_redis_cpu_s"] = round(plain_redis_cpu, 3)
         out[name] = figures
     await client.flushdb()
     await client.aclose()

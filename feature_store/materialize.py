@@ -5,12 +5,15 @@ the stream path would hold at `end_ms` for the same applied events ("as
 served": events with `event_time <= end` and `ingest_time <= end`), in the
 same key layout and codec (`feature_store.online`):
 
-- windowed views: per entity, partition and hop `HDEL key ~m ~t` (the
-  reader-cache markers the stream worker keeps, stale once tiles are
-  overwritten), one HSET with every tile `tile_start -> pack_stats(stats)`
-  for tiles overlapping `[start - max_window, end]`, and a PEXPIRE; stats
-  come from `stat_sql`, grouped by entity, partition (the log's Kafka
-  partition, or `partition_for(entity)` for batch sources) and tile start.
+- windowed views: per entity, partition and hop one `set_tiles.lua` call
+  that sets every tile `tile_start -> pack_stats(stats)` for tiles
+  overlapping `[start - max_window, end]`, gives the hash fresh reader-cache
+  markers (`~m`, `~t`, as the stream worker's script keeps them) and a
+  PEXPIRE, atomically: serving readers cache the rewritten hash at once
+  rather than reading it whole until the stream next writes it (a 100-entity
+  read costs ~3x the CPU uncached). Stats come from `stat_sql`, grouped by
+  entity, partition (the log's Kafka partition, or `partition_for(entity)`
+  for batch sources) and tile start.
 - latest-value views: per entity and partition one SET of
   `pack_latest(event_time, tie, seq, values)` of the newest applied row with
   `event_time <= end`, found in two passes: the newest row's `__seq` per
@@ -18,8 +21,8 @@ same key layout and codec (`feature_store.online`):
   cost ~4x more), then those rows' values (`__seq` identifies a row: the log
   holds no duplicates, batch rows are numbered per file).
 
-Writes overwrite (HSET fields, SET) and HDEL is idempotent, so running it
-twice changes nothing - bit for bit: tile queries run on one DuckDB thread
+Writes overwrite (tile fields, SET), so running it twice changes nothing
+but the `~m` versions - bit for bit: tile queries run on one DuckDB thread
 each (the layouts of a run concurrently, one query per thread), because a
 parallel sum adds floats in a different order each run (last-bit
 differences in `s`, `m2`). Each key gets a PEXPIRE of its window (or ttl)
@@ -39,11 +42,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import ssl
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -69,13 +74,13 @@ from feature_store.online.client import UNREACHABLE, OnlineClient
 from feature_store.online.keys import hash_tag
 from feature_store.windows import DAY_MS, tile_start, tile_start_sql
 
-__all__ = ["EXPIRE_MARGIN_MS", "READER_MARKERS", "MaterializeReport", "materialize"]
+__all__ = ["EXPIRE_MARGIN_MS", "SET_TILES_LUA", "MaterializeReport", "materialize"]
 
 EXPIRE_MARGIN_MS = DAY_MS
 """Keys live their window (tiles) or ttl (latest values) plus this margin after the last write."""
 
-READER_MARKERS = ("~m", "~t")
-"""Tile-hash fields of the serving reader's cache, kept by the stream worker; dropped on every tile key written."""
+SET_TILES_LUA = resources.files("feature_store.online").joinpath("set_tiles.lua").read_text()
+_SET_TILES_SHA = hashlib.sha1(SET_TILES_LUA.encode()).hexdigest()
 
 _BATCH_ROWS = 262_144
 _SLICES = 4
@@ -135,7 +140,9 @@ class _Writer:
     pipeline costs several times what the wire does per command. At most
     two chunks are unanswered, so Redis always has the next one queued.
     Every command sent replies on one line (+OK, :n or -ERR), so replies
-    are counted, not parsed; any error reply fails the run.
+    are counted, not parsed; any error reply fails the run. (The one
+    exception, SCRIPT LOAD of `set_tiles.lua` on connecting, answers a bulk
+    string: two lines, counted as such.)
     """
 
     def __init__(self, settings: dict[str, Any], connection_class: type, chunk: int) -> None:
@@ -160,8 +167,9 @@ class _Writer:
         if options.get("password"):
             hello.append(("AUTH", *([options["username"]] if options.get("username") else []), options["password"]))
         hello.append(("SELECT", int(options.get("db") or 0)))
+        hello.append(("SCRIPT", "LOAD", SET_TILES_LUA))  # on this node, for the tile keys' EVALSHA
         streams[1].write(b"".join(hiredis.pack_command(command) for command in hello))
-        self._unread += len(hello)
+        self._unread += len(hello) + 1  # SCRIPT LOAD: `$40` and the sha
         return streams
 
     async def send(self, block: _Block) -> None:
@@ -384,7 +392,7 @@ def _tile_rows(con: duckdb.DuckDBPyConnection, data_dir: Path, view: FeatureView
 
 def _tile_blocks(con: duckdb.DuckDBPyConnection, rows: str, view: FeatureView, layout: TileLayout,
                  keys: KeyLayout, start_ms: int) -> Iterator[_Block]:
-    """HDEL markers, HSET tiles, PEXPIRE per key, from `_tile_rows`, in `_SLICES` queries by entity hash."""
+    """One `set_tiles.lua` call per key, from `_tile_rows`, in `_SLICES` queries by entity hash."""
     hop = layout.hop_ms
     lower = tile_start(start_ms - layout.max_window_ms, hop)
     tile = tile_start_sql("__event_time", hop)
@@ -400,20 +408,17 @@ def _tile_commands(batches: Iterable[pa.RecordBatch], view: FeatureView, layout:
     hop = layout.hop_ms
     parts = _key_parts(keys, view, hop)
     expire = constant(_command(str(layout.max_window_ms + hop + EXPIRE_MARGIN_MS)))
-    hdel = constant(b"*4\r\n" + _command("HDEL"))
-    markers = constant(_command(*READER_MARKERS))
+    evalsha = constant(b"\r\n" + _command("EVALSHA", _SET_TILES_SHA, "1"))
     for table, starts in _whole_keys(batches):
         size = table.num_rows
         entity, partition = table.column(0).combine_chunks(), table.column(1).combine_chunks()
         ends = np.append(starts[1:], size)
         state_keys, index = _state_keys(view, parts, entity.take(starts), partition.take(starts))
-        state_keys = bulk(state_keys)
-        counts = pa.array(2 + 2 * (ends - starts))
-        heads = concat(hdel, state_keys, markers, constant(b"*"), text(counts), constant(b"\r\n" + _command("HSET")),
-                       state_keys)
-        tails = concat(constant(b"*3\r\n" + _command("PEXPIRE")), state_keys, expire)
+        newest = table.column(2).combine_chunks().take(ends - 1)  # rows come by tile within a key
+        counts = pa.array(6 + 2 * (ends - starts))  # EVALSHA sha 1 key newest pexpire, then the fields
+        heads = concat(constant(b"*"), text(counts), evalsha, bulk(state_keys), bulk(text(newest)), expire)
         bodies = hash_fields(table.column(2), table.columns[3:])
-        yield _block(view, concat(heads, _segments(bodies, starts), tails), index, 3, tiles=size)
+        yield _block(view, concat(heads, _segments(bodies, starts)), index, 1, tiles=size)
 
 
 async def _send_all(producers: list[Iterator[_Block]], writer: _Writer | _ClusterWriter,

@@ -17,8 +17,8 @@
 --
 -- Every tile hash also holds two marker fields for readers that cache closed tiles
 -- (feature_store/online/tile_cache.py): '~t' the newest tile start ever written to the hash, and
--- '~m' a version that changes whenever a tile older than '~t' is written or pruned. A hash
--- without '~m' (new, or rewritten by materialization, which deletes both) gets a fresh '~m'
+-- '~m' a version that changes whenever a tile older than '~t' is written or pruned (materialization
+-- keeps them too: set_tiles.lua). A hash without '~m' (new, or from an older version) gets a fresh '~m'
 -- from the server clock in microseconds - larger than any value an earlier life of the key
 -- reached by +1 bumps - and '~t' = its newest tile present.
 

@@ -19,9 +19,9 @@ Tile hashes also hold two marker fields the stream writer maintains
 (`apply.lua`) so readers can cache closed tiles (`tile_cache`): `~t`, the
 newest tile start ever written, and `~m`, a version that changes whenever a
 tile older than `~t` is written or pruned. Field names starting with `~` are
-never tiles. A writer that rewrites tiles without maintaining the markers
-(materialization) deletes both *before* writing, which makes the hash
-uncacheable until the stream writes it again.
+never tiles. Materialization rewrites tiles with `set_tiles.lua`, which gives
+the hash a fresh `~m` and keeps `~t` the newest tile present, in the same
+atomic step. A hash without the markers is read whole and not cached.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ VERSION_FIELD = "~m"
 NEWEST_FIELD = "~t"
 """Tile hash field: the newest tile start (epoch ms) ever written to the hash."""
 MARKER_FIELDS = (VERSION_FIELD, NEWEST_FIELD)
-"""What a writer that does not maintain the markers deletes before rewriting tiles (HDEL key ~m ~t)."""
+"""Both markers: a hash without them is not cached by readers."""
 
 
 def entity_key_bytes(entity: str | int) -> bytes:

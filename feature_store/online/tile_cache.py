@@ -15,8 +15,8 @@ boundary `b = min(~t, S)`:
   (an idle entity) only tile b is fetched and `~t` must be unchanged (then
   nothing newer exists).
 
-A hash without `~m` (never written by the stream, or rewritten by
-materialization, which deletes the markers first) is read whole and not
+A hash without `~m` (written by a version of materialization that deleted
+the markers; today's sets fresh ones, `set_tiles.lua`) is read whole and not
 cached. Entries are per (key, S). When the clock crosses into the next tile,
 S + hop, the entry rolls forward without a read: it also holds the closed
 merges as they are one tile later (each window reaches one tile less far

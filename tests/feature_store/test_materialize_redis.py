@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from feature_store.definitions import Entity, FeatureView
 from feature_store.errors import OnlineStoreUnavailable
-from feature_store.materialize import materialize
+from feature_store.materialize import SET_TILES_LUA, materialize
 from feature_store.offline.engine import connect
 from feature_store.offline.training import TrainingSetQuery, training_set
 from feature_store.online import KeyLayout, OnlineReader, partition_for
@@ -99,6 +99,11 @@ def _offline(data_dir: Path, view: FeatureView, entities: list[Any], t: int, ign
     return [{f: r[f"{view.name}__{f}"] for f in view.feature_names} for r in out]
 
 
+def _unversioned(dump: dict[bytes, Any]) -> dict[bytes, Any]:
+    """A `_dump` without the tile hashes' `~m` versions (a clock: each write gives a new one)."""
+    return {k: [f for f in v if f[0] != b"~m"] if isinstance(v, list) else v for k, v in dump.items()}
+
+
 async def _dump(redis: aioredis.Redis, prefix: str) -> dict[bytes, Any]:
     """Every key under `prefix` with its exact content."""
     out: dict[bytes, Any] = {}
@@ -170,7 +175,11 @@ async def test_materialize_twice_changes_nothing(tmp_path: Path, redis: aioredis
     first = await _dump(redis, unique)
     assert first
     await materialize(redis, keys, tmp_path, _views(), 100, 900, chunk=7)
-    assert await _dump(redis, unique) == first
+    again = await _dump(redis, unique)
+    assert _unversioned(again) == _unversioned(first)
+    versions = [(dict(first[k])[b"~m"], dict(again[k])[b"~m"]) for k, v in first.items() if isinstance(v, list)]
+    assert versions
+    assert all(int(new) > int(old) for old, new in versions)  # each rewrite tells cached readers to read again
     ttls = [await redis.pttl(k) for k in first]
     assert all(t > 0 for t in ttls if t != -1)
     assert any(k.endswith(b":latest") for k in first)
@@ -209,20 +218,60 @@ async def test_consistency_at_random_ends(tmp_path_factory: pytest.TempPathFacto
         _assert_same(view, ENTITIES, online, _offline(data_dir, view, ENTITIES, end, ignore=False), end)
 
 
-async def test_materialize_drops_reader_cache_markers(tmp_path: Path, redis: aioredis.Redis, unique: str) -> None:
-    """Tile hashes lose the stream's reader-cache markers (`~m`, `~t`): the tiles under them were rewritten."""
+async def test_materialize_gives_tile_hashes_fresh_reader_cache_markers(tmp_path: Path, redis: aioredis.Redis,
+                                                                       unique: str) -> None:
+    """Every tile hash written carries the markers readers cache by (`~m` new, `~t` its newest tile), so a
+    materialized store serves from the reader's cache at once; a stream-written newer tile keeps `~t`, and a
+    hash left without markers is scanned for its newest tile."""
     _random_log(tmp_path, seed=4)
     keys = KeyLayout(prefix=unique)
     await materialize(redis, keys, tmp_path, _views(), 100, 900)
     first = await _dump(redis, unique)
     tile_keys = [k for k, v in first.items() if isinstance(v, list)]
     assert tile_keys
-    for key in tile_keys:  # the stream worker's script keeps these in every tile hash it writes
-        await redis.hset(key, mapping={"~m": 3, "~t": 1_000})
+    for key in tile_keys:
+        fields = dict(first[key])
+        assert int(fields[b"~t"]) == max(int(f) for f in fields if not f.startswith(b"~"))
+
+    # the stream wrote a newer tile since (its script moved ~t), or a writer left no markers and a newer tile
+    ahead: dict[bytes, int] = {}
+    for i, key in enumerate(tile_keys):
+        fields = dict(first[key])
+        newest = max(int(f) for f in fields if not f.startswith(b"~"))
+        ahead[key] = newest + 1_000_000
+        await redis.hset(key, str(ahead[key]), fields[str(newest).encode()])
+        if i % 2:
+            await redis.hset(key, mapping={"~m": 3, "~t": ahead[key]})
+        else:
+            await redis.hdel(key, "~m", "~t")
     await materialize(redis, keys, tmp_path, _views(), 100, 900)
     for key in tile_keys:
-        assert not [f for f in await redis.hkeys(key) if f.startswith(b"~")], key
-    assert await _dump(redis, unique) == first
+        version, newest = await redis.hmget(key, ["~m", "~t"])
+        assert int(newest) == ahead[key], key
+        assert version is not None
+        assert int(version) > int(dict(first[key])[b"~m"]), key
+
+    # so a reader's second read of the materialized keys only probes their open tiles
+    view = _views()[0]
+    assert view.is_windowed
+    reader = OnlineReader(redis, keys)
+    rows = [{view.entity.join_key: e} for e in ENTITIES]
+    first_read = await reader.read({view: list(view.feature_names)}, rows, 900)
+    whole = reader.cache.full
+    assert whole > 0
+    assert await reader.read({view: list(view.feature_names)}, rows, 900) == first_read
+    assert (reader.cache.full, reader.cache.hits) == (whole, whole)
+
+
+async def test_set_tiles_writes_hashes_of_any_size(redis: aioredis.Redis, unique: str) -> None:
+    """More tiles than one Lua `unpack` takes (a 30 d window of 5 min tiles is 8,640): all are written."""
+    key = f"{unique}:big"
+    tiles = {str(1_000 * i).encode(): b"stats%d" % i for i in range(1_201)}
+    await redis.eval(SET_TILES_LUA, 1, key, 1_200_000, 60_000, *[x for pair in tiles.items() for x in pair])
+    stored = await redis.hgetall(key)
+    assert {f: v for f, v in stored.items() if not f.startswith(b"~")} == tiles
+    assert int(stored[b"~t"]) == 1_200_000
+    assert 0 < await redis.pttl(key) <= 60_000
 
 
 async def test_a_refused_write_fails_the_run(tmp_path: Path, redis: aioredis.Redis, unique: str) -> None:

@@ -2,8 +2,9 @@
 cache answers.
 
 Writes go through the real stream script (`apply.lua`, via `OnlineWriter`), interleaved with late and
-future events, reads at an advancing clock (and some in the past), materialization-style rewrites (HDEL
-the markers, then HSET tiles) and key expiry (DEL). A reader without cache reads the same Redis at the same
+future events, reads at an advancing clock (and some in the past), rewrites (materialization's
+`set_tiles.lua`, also writing past the newest tile, and a writer keeping no markers: HDEL them, then HSET)
+and key expiry (DEL). A reader without cache reads the same Redis at the same
 moment; the stream script's merges themselves are checked against the oracle in tests/streams/test_writer.py.
 """
 
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 from feature_store.aggregates import SEQ_PARTITION_SHIFT, empty_stats, event_stats, merge, tile_layouts
 from feature_store.definitions import FeatureView
 from feature_store.durations import format_ms
+from feature_store.materialize import SET_TILES_LUA
 from feature_store.online import KeyLayout, OnlineReader, pack_stats, partition_for, unpack_stats
 from feature_store.online.keys import MARKER_FIELDS, NEWEST_FIELD, VERSION_FIELD
 from feature_store.online.writer import NO_OFFSET, OnlineWriter, PartitionBatch
@@ -80,16 +82,34 @@ async def tile_keys(redis: aioredis.Redis, prefix: str) -> list[bytes]:
     return sorted([k async for k in redis.scan_iter(match=f"{prefix}:*") if not k.endswith(b":offset")])
 
 
-async def rewrite(redis: aioredis.Redis, key: bytes) -> None:
-    """What materialization does to a hash: markers deleted first, then tiles overwritten (here: changed)."""
-    await redis.hdel(key, *MARKER_FIELDS)
+async def rewrite(redis: aioredis.Redis, key: bytes, how: str) -> None:
+    """Tiles overwritten (here: the oldest one changed, maybe one after the newest added) as materialization
+    does (`set_tiles.lua`: fresh markers), or as a writer keeping no markers did (deleted, then HSET)."""
     tiles = {f: v for f, v in (await redis.hgetall(key)).items() if not f.startswith(b"~")}
-    if tiles:
-        oldest = min(tiles, key=int)
-        view = next(v for v in VIEWS if f":{v.name}." in key.decode())
-        layout = next(lay for lay in tile_layouts(view) if key.decode().endswith(f":h{format_ms(lay.hop_ms)}"))
-        stats = unpack_stats(tiles[oldest])
-        await redis.hset(key, oldest, pack_stats(merge(layout, stats, stats)))
+    if not tiles:
+        return
+    oldest, newest = min(tiles, key=int), max(tiles, key=int)
+    view = next(v for v in VIEWS if f":{v.name}." in key.decode())
+    layout = next(lay for lay in tile_layouts(view) if key.decode().endswith(f":h{format_ms(lay.hop_ms)}"))
+    stats = unpack_stats(tiles[oldest])
+    written = {oldest: pack_stats(merge(layout, stats, stats))}
+    if how == "materialize_ahead":
+        written[str(int(newest) + layout.hop_ms).encode()] = tiles[newest]
+    if how == "unmarked":
+        await redis.hdel(key, *MARKER_FIELDS)
+        await redis.hset(key, mapping=written)
+        return
+    fields = [x for pair in sorted(written.items(), key=lambda kv: int(kv[0])) for x in pair]
+    await redis.eval(SET_TILES_LUA, 1, key, max(int(f) for f in written), 3_600_000, *fields)
+
+
+async def assert_markers_cover_tiles(redis: aioredis.Redis) -> None:
+    """What a cached probe relies on: a hash with `~m` has `~t` at or after every tile it holds."""
+    for key in await tile_keys(redis, "c"):
+        fields = await redis.hgetall(key)
+        if VERSION_FIELD.encode() in fields:
+            tiles = [int(f) for f in fields if not f.startswith(b"~")]
+            assert int(fields[NEWEST_FIELD.encode()]) >= max(tiles, default=0), key
 
 
 async def assert_same_reads(cached: OnlineReader, plain: OnlineReader, t: int) -> None:
@@ -120,12 +140,13 @@ _step = st.one_of(
     st.tuples(st.just("read"), st.one_of(st.just(0), st.integers(0, 40 * MINUTE))),
     st.tuples(st.just("advance"), st.one_of(st.integers(0, 3 * MINUTE), st.integers(0, 90 * MINUTE),
                                             st.sampled_from([5 * MINUTE, 60 * MINUTE]))),  # exactly a tile on
-    st.tuples(st.just("rewrite"), st.integers(0, 63)),
+    st.tuples(st.just("rewrite"), st.tuples(st.integers(0, 63), st.sampled_from(["materialize", "materialize_ahead",
+                                                                                 "unmarked"]))),
     st.tuples(st.just("expire"), st.integers(0, 63)),
 )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=st.lists(_step, min_size=1, max_size=25), cache_keys=st.sampled_from([8, 1_000]))
 def test_cached_reads_equal_uncached_reads(redis_db_url: str, steps: list[tuple[str, Any]], cache_keys: int) -> None:
     """Also across tile boundaries, where entries roll forward (8 keys: some were evicted meanwhile)."""
@@ -146,13 +167,16 @@ def test_cached_reads_equal_uncached_reads(redis_db_url: str, steps: list[tuple[
                     await assert_same_reads(cached, plain, clock - arg)
                 elif kind == "advance":
                     clock += arg
+                elif kind == "rewrite":
+                    keys = await tile_keys(redis, "c")
+                    if keys:
+                        await rewrite(redis, keys[arg[0] % len(keys)], arg[1])
                 else:
                     keys = await tile_keys(redis, "c")
-                    if keys and kind == "rewrite":
-                        await rewrite(redis, keys[arg % len(keys)])
-                    elif keys:
+                    if keys:
                         await redis.delete(keys[arg % len(keys)])
                 await assert_same_reads(cached, plain, clock)  # every step ends with a read at the clock
+                await assert_markers_cover_tiles(redis)
         finally:
             await redis.aclose()
 
@@ -188,19 +212,25 @@ async def test_warm_reads_fetch_only_open_tiles(redis_client: aioredis.Redis) ->
     assert await reader.read(features, rows, t) == await plain.read(features, rows, t)
     assert (reader.cache.full, reader.cache.hits, reader.cache.stale) == (3, 11, 1)
 
-    # materialization-style rewrite: no markers -> read whole every time, until the stream writes the key again
+    # materialization rewrites the 1 h hash with a new ~m: one stale probe and whole read, then probes again
     key = stream.keys.state_key(view, partition_for("u1", 2), "u1", 3_600_000)
-    await rewrite(redis_client, key.encode())
+    await rewrite(redis_client, key.encode(), "materialize")
     for _ in range(2):
         assert await reader.read(features, rows, t) == await plain.read(features, rows, t)
-    assert (reader.cache.full, reader.cache.stale) == (5, 2)
+    assert (reader.cache.full, reader.cache.hits, reader.cache.stale) == (4, 14, 2)
+
+    # a writer keeping no markers: read whole every time, until the stream writes the key again
+    await rewrite(redis_client, key.encode(), "unmarked")
+    for _ in range(2):
+        assert await reader.read(features, rows, t) == await plain.read(features, rows, t)
+    assert (reader.cache.full, reader.cache.stale) == (6, 3)
     await stream.write([{"user": "u1", "shop": "s1", "amount": 1.0, "label": "a", "ts": t}])
     marks = await redis_client.hmget(key, [VERSION_FIELD, NEWEST_FIELD])
     assert marks[0] is not None
     assert int(marks[1]) == tile_start(t, 3_600_000)  # ~t = the newest tile present
     for _ in range(2):
         assert await reader.read(features, rows, t) == await plain.read(features, rows, t)
-    assert reader.cache.full == 6
+    assert reader.cache.full == 7
 
 
 async def test_a_tile_boundary_rolls_the_entries_forward_without_whole_reads(redis_client: aioredis.Redis) -> None:
