@@ -13,8 +13,8 @@ redis-server is started (and stopped) for the run.
   as pre-encoded RESP bytes on one raw socket (the wire limit); the compute
   limit is a bare DuckDB GROUP BY with arg_max over the same files;
 - windowed: 3 aggregations in 2 hops (1 h, 1 d) over the last day plus the
-  longest window (30 d): one EVALSHA of `set_tiles.lua` per key (all tiles,
-  fresh reader-cache markers, PEXPIRE); limits: the same commands and bytes
+  longest window (30 d): one EVALSHA of `set_tiles.lua` per 100 keys (all
+  tiles, fresh reader-cache markers, PEXPIRE); limits: the same commands and bytes
   through a redis-py pipeline and a raw socket, and on the socket the same
   tiles as plain HSET + PEXPIRE (`raw_socket_without_markers_*`: what the
   markers cost);
@@ -119,13 +119,14 @@ def _raw_duckdb(data_dir: Path, name: str, end: int) -> float:
 
 async def _snapshot(client: Any, prefix: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], int]:
     """The commands that rewrite every key under `prefix` exactly, as materialize sends them (SET+PX, or one
-    EVALSHA of `set_tiles.lua`: the tiles, fresh reader-cache markers and a PEXPIRE), and the same writes as
+    EVALSHA of `set_tiles.lua` per 100 keys: tiles, fresh reader-cache markers, PEXPIRE), and the same writes as
     plain commands without the markers (HSET of the tiles, PEXPIRE): what the markers cost."""
     from feature_store.materialize import SET_TILES_LUA
 
     sha = await client.script_load(SET_TILES_LUA)
     commands: list[tuple[Any, ...]] = []
     plain: list[tuple[Any, ...]] = []
+    calls: list[tuple[bytes, tuple[Any, ...]]] = []  # (key, its set_tiles.lua arguments)
     keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=10_000)]
     fields = 0
     for i in range(0, len(keys), 5_000):
@@ -144,12 +145,15 @@ async def _snapshot(client: Any, prefix: str) -> tuple[list[tuple[Any, ...]], li
                 tiles = sorted((int(f), v) for f, v in values[j].items() if not f.startswith(b"~"))
                 flat = [x for pair in tiles for x in pair]
                 fields += len(tiles)
-                commands.append(("EVALSHA", sha, 1, key, tiles[-1][0], ttl, *flat))
+                calls.append((key, (len(tiles), tiles[-1][0], ttl, *flat)))
                 plain.append(("HSET", key, *flat))
                 plain.append(("PEXPIRE", key, ttl))
             else:
                 commands.append(("SET", key, values[j], "PX", ttl) if ttl > 0 else ("SET", key, values[j]))
                 plain.append(commands[-1])
+    for i in range(0, len(calls), 100):  # as materialize groups them (one server here: any keys together)
+        group = calls[i:i + 100]
+        commands.append(("EVALSHA", sha, len(group), *[k for k, _ in group], *[a for _, args in group for a in args]))
     return commands, plain, fields
 
 

@@ -5,11 +5,12 @@ the stream path would hold at `end_ms` for the same applied events ("as
 served": events with `event_time <= end` and `ingest_time <= end`), in the
 same key layout and codec (`feature_store.online`):
 
-- windowed views: per entity, partition and hop one `set_tiles.lua` call
-  that sets every tile `tile_start -> pack_stats(stats)` for tiles
-  overlapping `[start - max_window, end]`, gives the hash fresh reader-cache
-  markers (`~m`, `~t`, as the stream worker's script keeps them) and a
-  PEXPIRE, atomically: serving readers cache the rewritten hash at once
+- windowed views: per entity, partition and hop a tile hash with every tile
+  `tile_start -> pack_stats(stats)` for tiles overlapping
+  `[start - max_window, end]`, written by `set_tiles.lua` (up to 100 keys of
+  one partition per call) with fresh reader-cache markers (`~m`, `~t`, as
+  the stream worker's script keeps them) and a PEXPIRE, atomically per key:
+  serving readers cache the rewritten hash at once
   rather than reading it whole until the stream next writes it (a 100-entity
   read costs ~3x the CPU uncached). Stats come from `stat_sql`, grouped by
   entity, partition (the log's Kafka partition, or `partition_for(entity)`
@@ -105,31 +106,31 @@ class MaterializeReport:
 
 @dataclass(frozen=True)
 class _Block:
-    """Encoded RESP commands of some keys: key i's commands are data[offsets[i]:offsets[i + 1]].
+    """Encoded RESP commands writing `keys` keys: command i is data[offsets[i]:offsets[i + 1]].
 
-    Key i lives in partition partitions[i] of `source` (its hash tag: where it lives on a Redis Cluster).
+    Command i writes keys of partition partitions[i] of `source` only (its hash tag: where they live on a
+    Redis Cluster).
     """
 
     view: str
     data: memoryview
     offsets: np.ndarray
-    commands_per_key: int
+    keys: int
     tiles: int
     source: str
     partitions: np.ndarray
 
     @property
-    def keys(self) -> int:
+    def commands(self) -> int:
         return len(self.offsets) - 1
 
 
-def _block(view: FeatureView, commands: pa.Array, partitions: pa.Array, commands_per_key: int,
-           tiles: int = 0) -> _Block:
-    """Wrap a large_binary column holding the commands of one key per row (in partition `partitions[row]`)."""
+def _block(view: FeatureView, commands: pa.Array, partitions: np.ndarray, keys: int, tiles: int = 0) -> _Block:
+    """Wrap a large_binary column holding one command per row (keys of partition `partitions[row]`)."""
     _, offsets, data = commands.buffers()
     bounds = np.frombuffer(offsets, dtype=np.int64)[commands.offset:commands.offset + len(commands) + 1]
-    return _Block(view.name, memoryview(data if data is not None else b""), bounds, commands_per_key, tiles,
-                  view.source.name, partitions.to_numpy(zero_copy_only=False))
+    return _Block(view.name, memoryview(data if data is not None else b""), bounds, keys, tiles,
+                  view.source.name, partitions)
 
 
 class _Writer:
@@ -173,13 +174,12 @@ class _Writer:
         return streams
 
     async def send(self, block: _Block) -> None:
-        """Write a block's commands in chunks (cut between keys) of about `chunk` commands."""
+        """Write a block's commands in chunks of `chunk` commands."""
         reader, writer = self._streams or await self._open()
-        per_chunk = max(self._chunk // block.commands_per_key, 1)
-        for first in range(0, block.keys, per_chunk):
-            last = min(first + per_chunk, block.keys)
+        for first in range(0, block.commands, self._chunk):
+            last = min(first + self._chunk, block.commands)
             writer.write(block.data[block.offsets[first]:block.offsets[last]])
-            sent = (last - first) * block.commands_per_key
+            sent = last - first
             self._unread += sent
             self.commands += sent
             await writer.drain()
@@ -254,7 +254,7 @@ class _ClusterWriter:
         await self._cluster.initialize()  # the slot map, read on first use
         by_node: dict[str, tuple[Any, list[tuple[int, int]]]] = {}
         change = np.flatnonzero(np.diff(block.partitions)) + 1
-        for first, last in zip(np.append(0, change), np.append(change, block.keys), strict=True):
+        for first, last in zip(np.append(0, change), np.append(change, block.commands), strict=True):
             tag = hash_tag(block.source, int(block.partitions[first]))
             node = self._cluster.get_node_from_key(tag)
             if node is None:
@@ -343,7 +343,8 @@ def _latest_blocks(con: duckdb.DuckDBPyConnection, events: str, view: FeatureVie
         cols = batch.columns
         state_keys, index = _state_keys(view, parts, cols[0], cols[1])
         values = msgpack_rows(cols[2:])
-        yield _block(view, concat(head, bulk(state_keys), bulk(values), constant(expire)), index, 1)
+        yield _block(view, concat(head, bulk(state_keys), bulk(values), constant(expire)), _numpy(index),
+                     batch.num_rows)
 
 
 def _whole_keys(batches: Iterable[pa.RecordBatch]) -> Iterator[tuple[pa.Table, np.ndarray]]:
@@ -392,7 +393,7 @@ def _tile_rows(con: duckdb.DuckDBPyConnection, data_dir: Path, view: FeatureView
 
 def _tile_blocks(con: duckdb.DuckDBPyConnection, rows: str, view: FeatureView, layout: TileLayout,
                  keys: KeyLayout, start_ms: int) -> Iterator[_Block]:
-    """One `set_tiles.lua` call per key, from `_tile_rows`, in `_SLICES` queries by entity hash."""
+    """`set_tiles.lua` calls (`_group` keys each), from `_tile_rows`, in `_SLICES` queries by entity hash."""
     hop = layout.hop_ms
     lower = tile_start(start_ms - layout.max_window_ms, hop)
     tile = tile_start_sql("__event_time", hop)
@@ -408,17 +409,52 @@ def _tile_commands(batches: Iterable[pa.RecordBatch], view: FeatureView, layout:
     hop = layout.hop_ms
     parts = _key_parts(keys, view, hop)
     expire = constant(_command(str(layout.max_window_ms + hop + EXPIRE_MARGIN_MS)))
-    evalsha = constant(b"\r\n" + _command("EVALSHA", _SET_TILES_SHA, "1"))
+    evalsha = constant(b"\r\n" + _command("EVALSHA", _SET_TILES_SHA))
     for table, starts in _whole_keys(batches):
         size = table.num_rows
         entity, partition = table.column(0).combine_chunks(), table.column(1).combine_chunks()
         ends = np.append(starts[1:], size)
         state_keys, index = _state_keys(view, parts, entity.take(starts), partition.take(starts))
+        index = _numpy(index)
+        tiles = ends - starts
         newest = table.column(2).combine_chunks().take(ends - 1)  # rows come by tile within a key
-        counts = pa.array(6 + 2 * (ends - starts))  # EVALSHA sha 1 key newest pexpire, then the fields
-        heads = concat(constant(b"*"), text(counts), evalsha, bulk(state_keys), bulk(text(newest)), expire)
-        bodies = hash_fields(table.column(2), table.columns[3:])
-        yield _block(view, concat(heads, _segments(bodies, starts)), index, 1, tiles=size)
+        per_key = concat(bulk(text(pa.array(tiles))), bulk(text(newest)), expire,
+                         _segments(hash_fields(table.column(2), table.columns[3:]), starts))
+        state_keys = bulk(state_keys)
+        if np.any(np.diff(index) < 0):  # batch rows come by entity: a call takes keys of one partition
+            order = np.argsort(index, kind="stable")
+            index, tiles, state_keys, per_key = index[order], tiles[order], state_keys.take(order), per_key.take(order)
+        groups = _groups(index, tiles)
+        keys_in = np.diff(np.append(groups, len(starts)))
+        words = 3 + 4 * keys_in + 2 * np.add.reduceat(tiles, groups)  # EVALSHA sha numkeys, keys, per key 3 + 2n
+        heads = concat(constant(b"*"), text(pa.array(words)), evalsha, bulk(text(pa.array(keys_in))))
+        calls = concat(heads, _segments(state_keys, groups), _segments(per_key, groups))
+        yield _block(view, calls, index[groups], len(starts), tiles=size)
+
+
+_GROUP_KEYS = 100
+_GROUP_TILES = 2_000
+"""Keys per `set_tiles.lua` call at most, and tiles once reached: fewer calls cost Redis less (a call costs
+about what writing four small keys does), and a call blocks Redis ~1 ms at most."""
+
+
+def _groups(partitions: np.ndarray, tiles: np.ndarray) -> np.ndarray:
+    """First key of each `set_tiles.lua` call: runs of keys of one partition (one slot), cut by size."""
+    firsts: list[int] = []
+    count = fields = 0
+    previous = -1
+    for i, (partition, n) in enumerate(zip(partitions.tolist(), tiles.tolist(), strict=True)):
+        if partition != previous or count == _GROUP_KEYS or fields >= _GROUP_TILES:
+            firsts.append(i)
+            count = fields = 0
+            previous = partition
+        count += 1
+        fields += n
+    return np.array(firsts, dtype=np.int64)
+
+
+def _numpy(values: pa.Array) -> np.ndarray:
+    return np.asarray(values.to_numpy(zero_copy_only=False))
 
 
 async def _send_all(producers: list[Iterator[_Block]], writer: _Writer | _ClusterWriter,

@@ -264,14 +264,19 @@ async def test_materialize_gives_tile_hashes_fresh_reader_cache_markers(tmp_path
 
 
 async def test_set_tiles_writes_hashes_of_any_size(redis: aioredis.Redis, unique: str) -> None:
-    """More tiles than one Lua `unpack` takes (a 30 d window of 5 min tiles is 8,640): all are written."""
-    key = f"{unique}:big"
-    tiles = {str(1_000 * i).encode(): b"stats%d" % i for i in range(1_201)}
-    await redis.eval(SET_TILES_LUA, 1, key, 1_200_000, 60_000, *[x for pair in tiles.items() for x in pair])
-    stored = await redis.hgetall(key)
-    assert {f: v for f, v in stored.items() if not f.startswith(b"~")} == tiles
-    assert int(stored[b"~t"]) == 1_200_000
-    assert 0 < await redis.pttl(key) <= 60_000
+    """Keys of one call get their own tiles, however many (more than one Lua `unpack` takes: a 30 d window of
+    5 min tiles is 8,640), TTL and markers."""
+    sizes = {f"{unique}:big": 1_201, f"{unique}:one": 1, f"{unique}:few": 7}
+    tiles = {key: {str(1_000 * i).encode(): b"%s-%d" % (key.encode(), i) for i in range(n)} for key, n in sizes.items()}
+    args: list[Any] = []
+    for key, n in sizes.items():
+        args += [n, 1_000 * (n - 1), 60_000 * n, *[x for pair in tiles[key].items() for x in pair]]
+    assert await redis.eval(SET_TILES_LUA, len(sizes), *sizes, *args) == len(sizes)
+    for key, n in sizes.items():
+        stored = await redis.hgetall(key)
+        assert {f: v for f, v in stored.items() if not f.startswith(b"~")} == tiles[key]
+        assert int(stored[b"~t"]) == 1_000 * (n - 1)
+        assert 60_000 * (n - 1) < await redis.pttl(key) <= 60_000 * n
 
 
 async def test_a_refused_write_fails_the_run(tmp_path: Path, redis: aioredis.Redis, unique: str) -> None:

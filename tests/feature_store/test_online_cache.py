@@ -100,7 +100,7 @@ async def rewrite(redis: aioredis.Redis, key: bytes, how: str) -> None:
         await redis.hset(key, mapping=written)
         return
     fields = [x for pair in sorted(written.items(), key=lambda kv: int(kv[0])) for x in pair]
-    await redis.eval(SET_TILES_LUA, 1, key, max(int(f) for f in written), 3_600_000, *fields)
+    await redis.eval(SET_TILES_LUA, 1, key, len(written), max(int(f) for f in written), 3_600_000, *fields)
 
 
 async def assert_markers_cover_tiles(redis: aioredis.Redis) -> None:
