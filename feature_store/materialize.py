@@ -10,9 +10,9 @@ same key layout and codec (`feature_store.online`):
   `[start - max_window, end]`, written by `set_tiles.lua` (up to 100 keys of
   one partition per call) with fresh reader-cache markers (`~m`, `~t`, as
   the stream worker's script keeps them) and a PEXPIRE, atomically per key:
-  serving readers cache the rewritten hash at once
-  rather than reading it whole until the stream next writes it (a 100-entity
-  read costs ~3x the CPU uncached). Stats come from `stat_sql`, grouped by
+  serving readers cache the rewritten hash at once rather than reading it
+  whole until the stream next writes it (a 100-entity read costs ~5x the CPU
+  uncached). Stats come from `stat_sql`, grouped by
   entity, partition (the log's Kafka partition, or `partition_for(entity)`
   for batch sources) and tile start.
 - latest-value views: per entity and partition one SET of
@@ -393,7 +393,7 @@ def _tile_rows(con: duckdb.DuckDBPyConnection, data_dir: Path, view: FeatureView
 
 def _tile_blocks(con: duckdb.DuckDBPyConnection, rows: str, view: FeatureView, layout: TileLayout,
                  keys: KeyLayout, start_ms: int) -> Iterator[_Block]:
-    """`set_tiles.lua` calls (`_group` keys each), from `_tile_rows`, in `_SLICES` queries by entity hash."""
+    """`set_tiles.lua` calls (keys grouped by `_groups`), from `_tile_rows`, in `_SLICES` queries by entity hash."""
     hop = layout.hop_ms
     lower = tile_start(start_ms - layout.max_window_ms, hop)
     tile = tile_start_sql("__event_time", hop)
