@@ -297,7 +297,7 @@ def _key_parts(keys: KeyLayout, view: FeatureView, hop_ms: int | None) -> tuple[
 
 
 def _state_keys(view: FeatureView, parts: tuple[pa.Array, pa.Array], entity: pa.Array,
-                partition: pa.Array) -> tuple[pa.Array, pa.Array]:
+                partition: pa.Array) -> tuple[pa.Array, np.ndarray]:
     """Keys of state rows and their partitions: the log's partition, else `partition_for(entity)` (batch rows
     carry none)."""
     if partition.null_count == len(partition):
@@ -306,7 +306,8 @@ def _state_keys(view: FeatureView, parts: tuple[pa.Array, pa.Array], entity: pa.
         index = pc.coalesce(partition.cast(pa.int64()), pa.array(partitions(entity, view.source.partitions)))
     else:
         index = partition.cast(pa.int64())
-    return concat(parts[0].take(index), key_text(entity), parts[1].take(index)), index
+    return concat(parts[0].take(index), key_text(entity), parts[1].take(index)), \
+        np.asarray(index.to_numpy(zero_copy_only=False))
 
 
 def _segments(rows: pa.Array, starts: np.ndarray) -> pa.Array:
@@ -343,8 +344,7 @@ def _latest_blocks(con: duckdb.DuckDBPyConnection, events: str, view: FeatureVie
         cols = batch.columns
         state_keys, index = _state_keys(view, parts, cols[0], cols[1])
         values = msgpack_rows(cols[2:])
-        yield _block(view, concat(head, bulk(state_keys), bulk(values), constant(expire)), _numpy(index),
-                     batch.num_rows)
+        yield _block(view, concat(head, bulk(state_keys), bulk(values), constant(expire)), index, batch.num_rows)
 
 
 def _whole_keys(batches: Iterable[pa.RecordBatch]) -> Iterator[tuple[pa.Table, np.ndarray]]:
@@ -415,7 +415,6 @@ def _tile_commands(batches: Iterable[pa.RecordBatch], view: FeatureView, layout:
         entity, partition = table.column(0).combine_chunks(), table.column(1).combine_chunks()
         ends = np.append(starts[1:], size)
         state_keys, index = _state_keys(view, parts, entity.take(starts), partition.take(starts))
-        index = _numpy(index)
         tiles = ends - starts
         newest = table.column(2).combine_chunks().take(ends - 1)  # rows come by tile within a key
         per_key = concat(bulk(text(pa.array(tiles))), bulk(text(newest)), expire,
@@ -451,10 +450,6 @@ def _groups(partitions: np.ndarray, tiles: np.ndarray) -> np.ndarray:
         count += 1
         fields += n
     return np.array(firsts, dtype=np.int64)
-
-
-def _numpy(values: pa.Array) -> np.ndarray:
-    return np.asarray(values.to_numpy(zero_copy_only=False))
 
 
 async def _send_all(producers: list[Iterator[_Block]], writer: _Writer | _ClusterWriter,

@@ -33,7 +33,7 @@ from aiokafka.partitioner import murmur2
 from feature_store.definitions import FeatureView, Source, StreamSource
 from feature_store.durations import format_ms
 
-__all__ = ["KEY_VERSION", "MARKER_FIELDS", "NEWEST_FIELD", "VERSION_FIELD", "KeyLayout", "entity_key_bytes",
+__all__ = ["KEY_VERSION", "NEWEST_FIELD", "VERSION_FIELD", "KeyLayout", "entity_key_bytes",
            "hash_tag", "partition_for"]
 
 KEY_VERSION = "v1"
@@ -41,8 +41,6 @@ VERSION_FIELD = "~m"
 """Tile hash field: changes whenever a tile older than `NEWEST_FIELD` is written or pruned."""
 NEWEST_FIELD = "~t"
 """Tile hash field: the newest tile start (epoch ms) ever written to the hash."""
-MARKER_FIELDS = (VERSION_FIELD, NEWEST_FIELD)
-"""Both markers: a hash without them is not cached by readers."""
 
 
 def entity_key_bytes(entity: str | int) -> bytes:

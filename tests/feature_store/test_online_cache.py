@@ -23,7 +23,7 @@ from feature_store.definitions import FeatureView
 from feature_store.durations import format_ms
 from feature_store.materialize import SET_TILES_LUA
 from feature_store.online import KeyLayout, OnlineReader, pack_stats, partition_for, unpack_stats
-from feature_store.online.keys import MARKER_FIELDS, NEWEST_FIELD, VERSION_FIELD
+from feature_store.online.keys import NEWEST_FIELD, VERSION_FIELD
 from feature_store.online.writer import NO_OFFSET, OnlineWriter, PartitionBatch
 from feature_store.windows import tile_start
 from tests import oracle
@@ -96,7 +96,7 @@ async def rewrite(redis: aioredis.Redis, key: bytes, how: str) -> None:
     if how == "materialize_ahead":
         written[str(int(newest) + layout.hop_ms).encode()] = tiles[newest]
     if how == "unmarked":
-        await redis.hdel(key, *MARKER_FIELDS)
+        await redis.hdel(key, VERSION_FIELD, NEWEST_FIELD)
         await redis.hset(key, mapping=written)
         return
     fields = [x for pair in sorted(written.items(), key=lambda kv: int(kv[0])) for x in pair]
