@@ -348,19 +348,17 @@ def _free_port() -> int:
 
 def serve_child(port: int, repo_file: str, cache_keys: int, core: int) -> None:
     """Runs in the subprocess: the app exactly as `featurestream serve` builds it (cache size aside)."""
-    import uvicorn
-
     if core >= 0:
         os.sched_setaffinity(0, {core})
 
     from feature_store.settings import load_settings
     from serving import ServingConfig, create_app
+    from serving.server import run
 
     settings = load_settings()
     app = create_app(settings, repo_path=Path(repo_file),
                      config=ServingConfig(key_prefix=PREFIX, online_cache_keys=cache_keys))
-    uvicorn.run(app, host="127.0.0.1", port=port, workers=1, loop="uvloop", http="httptools", access_log=False,
-                log_config=None, log_level="warning")
+    run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
 async def _wait_http(port: int, timeout_s: float = 30.0) -> None:

@@ -37,14 +37,12 @@ def serve(
     under /v1/models, /metrics, /healthz, /readyz, OpenAPI docs at /docs. API keys come
     from FEATURESTREAM_API_KEYS / FEATURESTREAM_ADMIN_KEYS.
     """
-    import uvicorn
-
     from serving import ServingConfig, create_app
+    from serving.server import run
 
     overrides: dict[str, Any] = {"redis": redis, "kafka": kafka, "registry": registry, "data_dir": data_dir}
     settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
     app = create_app(settings, repo_path=repo, config=ServingConfig(max_entities=max_entities,
                                                                     definitions_poll_s=definitions_poll_seconds))
     typer.echo(f"serving on http://{host}:{port} (docs at /docs)", err=True)
-    uvicorn.run(app, host=host, port=port, workers=1, loop="uvloop", http="httptools", access_log=access_log,
-                log_config=None, lifespan="on")
+    run(app, host=host, port=port, access_log=access_log)
