@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -50,7 +49,7 @@ from streams.batch import APPLIED, INVALID, LATE, Classified, applied_table, cla
 from streams.dlq import dead_letter_headers
 from streams.intake import Intake
 from streams.metrics import WorkerMetrics
-from streams.views import SourcePlan, TransformFailed
+from streams.views import SourcePlan, TransformFailed, batch_connection
 
 __all__ = ["AppliedBatch", "Materializer", "MaterializerConfig"]
 
@@ -161,10 +160,7 @@ class Materializer:
         self._lock = asyncio.Lock()
         self._inflight: asyncio.Future[None] | None = None  # the last fetch's commits, running while we fetch on
         self._stopping = asyncio.Event()
-        self._con = duckdb.connect(":memory:")
-        # one thread: batches are small, and the other core is Redis's (running the scripts of the previous
-        # fetch); DuckDB's pool cost ~5% more CPU per event here and only helps when a core is idle
-        self._con.execute("SET threads=1")
+        self._con = batch_connection()
         self._cpu: ThreadPoolExecutor | None = None  # runs `_prepare_all` off the loop, from start() to stop()
         self._redis: OnlineClient | None = None
         self._writer: OnlineWriter | None = None

@@ -8,12 +8,13 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pytest
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from feature_store.aggregates import covering_layout, event_stats, merge, stat_sql, tile_layouts
-from feature_store.definitions import Aggregation, FeatureView, StreamSource
+from feature_store.definitions import Aggregation, Entity, FeatureView, StreamSource
 from feature_store.durations import to_ms
 from feature_store.online import KeyLayout, OnlineReader
 from feature_store.online.client import OnlineClient, open_online
@@ -23,8 +24,9 @@ from feature_store.online.writer import NO_OFFSET, OnlineWriter, PartitionBatch
 from feature_store.repo import FeatureRepo
 from feature_store.transforms import transformed_sql
 from feature_store.windows import tile_start_sql
+from schemas import EventSchema, Field
 from streams.batch import APPLIED, Classified, applied_table
-from streams.views import SourcePlan
+from streams.views import SourcePlan, TransformFailed, batch_connection
 from tests import oracle
 from tests.fixtures.redis_cluster import move_slot
 from tests.streams.support import events_repo
@@ -175,6 +177,37 @@ async def test_keys_get_ttls_and_old_tiles_are_dropped(redis_client: aioredis.Re
             assert fields[0] >= fields[-1] - 2 * keep, (key, fields)
 
 
+def test_a_row_without_the_views_entity_is_not_transformed() -> None:
+    """On the worker's connection, as on the batch path's, a view's entity filter runs before its transform:
+    a row whose transform fails but that has no entity for the view fails nothing (the event is applied to
+    the other views); a row with the entity fails the batch (the worker then dead-letters that event)."""
+    schema = EventSchema(name="orders", version=1, fields={
+        "id": Field("string"), "buyer": Field("string", required=False, nullable=True), "code": Field("string"),
+        "ts": Field("timestamp")})
+    source = StreamSource(name="orders", schema=schema, event_time="ts", key="id", topic="orders-unused")
+    view = FeatureView(name="codes", entity=Entity(name="buyer", join_key="buyer"), source=source,
+                       transform={"n": "CAST(code AS INTEGER)"},
+                       aggregations=[Aggregation(column="n", function="sum", window="1h", name="n_sum_1h")])
+    plan = SourcePlan(source, [view], KeyLayout("e"))
+
+    def writes(events: list[dict[str, Any]]) -> PartitionBatch:
+        rows = [schema.validate({"id": f"o{i}", "ts": START, **e}) for i, e in enumerate(events)]
+        c = Classified(offsets=list(range(len(rows))), events=rows, event_times=[START] * len(rows),  # type: ignore[arg-type]
+                       status=[APPLIED] * len(rows), reasons=[None] * len(rows), watermark=START)
+        batch = PartitionBatch(offset_key="o", expected_offset=0, first_offset=0, last_offset=0, watermark=0,
+                               layouts=plan.layouts)
+        plan.writes(batch_connection(), applied_table(source, c, list(range(len(rows))), 0, 1), 0, batch, 1_000)
+        return batch
+
+    batch = writes([{"buyer": "b1", "code": "3"}, {"buyer": None, "code": "not a number"}])
+    ((key, item),) = zip(batch.keys, batch.items, strict=True)
+    (layout,) = plan.layouts
+    assert key == KeyLayout("e").state_key(view, 0, "b1", layout.hop_ms)
+    assert unpack_stats(item[7])[layout.index("n", "s")] == 3
+    with pytest.raises(TransformFailed, match="not a number"):
+        writes([{"buyer": "b2", "code": "not a number"}])
+
+
 class _Unprepared(SourcePlan):
     """The plan running each query's SQL text as it is (what writes_many did before preparing them)."""
 
@@ -186,14 +219,15 @@ class _Unprepared(SourcePlan):
 @given(fetches=st.lists(st.lists(st.tuples(st.integers(0, 2), _event), min_size=1, max_size=30), min_size=1,
                         max_size=4))
 def test_prepared_writes_equal_the_plain_queries(fetches: list[list[tuple[int, dict[str, Any]]]]) -> None:
-    """Fetch after fetch on one connection, the prepared queries read the batch registered now: the same
-    items, in the same order, as each query's SQL run on a fresh connection."""
+    """Fetch after fetch on the worker's connection (`batch_connection`: most optimizer passes off), the
+    prepared queries read the batch registered now: the same items, in the same order, as each query's SQL
+    run on a fresh connection with DuckDB's full optimizer."""
     repo = events_repo("writer-unused", partitions=3)
     source = repo.sources["events"]
     assert isinstance(source, StreamSource)
     keys = KeyLayout("p")
     plan, reference = SourcePlan(source, repo.views_of(source), keys), _Unprepared(source, repo.views_of(source), keys)
-    con = duckdb.connect()
+    con = batch_connection()
     for n, fetch in enumerate(fetches):
         tables: list[pa.Table] = []
         got: dict[int, PartitionBatch] = {}
