@@ -6,7 +6,8 @@ Starts a private redis-server (or uses FEATURESTREAM_REDIS), writes the
 card-fraud `user_spend` state (8 windowed features, 5 min and 1 h tiles up to
 7 days) for `--users` users through the stream worker's script (`OnlineWriter`,
 so the tile hashes carry the markers the reader's cache relies on), starts the
-API with uvicorn in a subprocess (1 worker, uvloop + httptools) and loads it
+API in a subprocess as `featurestream serve` runs it (`serving.server`: 1
+uvicorn worker, uvloop, httptools, one write per response) and loads it
 from this process with a minimal keep-alive HTTP/1.1 client on raw asyncio
 streams (so the client adds as little as possible to the latency it measures).
 
