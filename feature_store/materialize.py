@@ -199,13 +199,13 @@ class _Writer:
                 raise ResponseError(complete[error + 1:].split(b"\r\n", 1)[0].decode(errors="replace"))
             self._unread -= complete.count(b"\r\n")
 
-    async def close(self) -> None:
-        """Read every outstanding reply."""
+    async def wait_replies(self) -> None:
+        """Read every outstanding reply (the connection stays open)."""
         if self._streams is not None:
             await self._read_replies(self._streams[0])
 
     async def disconnect(self) -> None:
-        """Drop the connection (after `close`, or after an error with replies unread)."""
+        """Drop the connection (after `wait_replies`, or after an error with replies unread)."""
         if self._streams is not None:
             self._streams[1].close()
             with contextlib.suppress(OSError):
@@ -270,11 +270,11 @@ class _ClusterWriter:
             await writer.send(dataclasses.replace(block, data=memoryview(data),
                                                   offsets=np.concatenate([[0], np.cumsum(sizes)])))
         for name in by_node:
-            await self._writers[name].close()
+            await self._writers[name].wait_replies()
 
-    async def close(self) -> None:
+    async def wait_replies(self) -> None:
         for writer in self._writers.values():
-            await writer.close()
+            await writer.wait_replies()
 
     async def disconnect(self) -> None:
         for writer in self._writers.values():
@@ -541,7 +541,7 @@ async def materialize(redis: OnlineClient, keys: KeyLayout, data_dir: Path, view
                 total_keys += tile_keys
             finally:
                 con.execute(f"SET threads = {int(threads[0]) if threads else 1}")
-        await writer.close()
+        await writer.wait_replies()
     except UNREACHABLE as exc:
         raise OnlineStoreUnavailable(f"materialize: Redis is unreachable ({type(exc).__name__}); retry") from None
     except ResponseError as exc:

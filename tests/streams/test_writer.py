@@ -46,9 +46,9 @@ _event = st.fixed_dictionaries({
 })
 
 
-def _classified(events: list[dict[str, Any]], first_offset: int) -> Classified:
+def _classified(events: list[dict[str, Any]], first_offset: int, source: StreamSource = SOURCE) -> Classified:
     n = len(events)
-    normalized = [SOURCE.schema.validate({"id": f"e{first_offset + i}", **e}) for i, e in enumerate(events)]
+    normalized = [source.schema.validate({"id": f"e{first_offset + i}", **e}) for i, e in enumerate(events)]
     return Classified(offsets=list(range(first_offset, first_offset + n)), events=normalized,  # type: ignore[arg-type]
                       event_times=[e["ts"] for e in normalized], status=[APPLIED] * n, reasons=[None] * n,
                       watermark=max(e["ts"] for e in normalized))
@@ -191,12 +191,10 @@ def test_a_row_without_the_views_entity_is_not_transformed() -> None:
     plan = SourcePlan(source, [view], KeyLayout("e"))
 
     def writes(events: list[dict[str, Any]]) -> PartitionBatch:
-        rows = [schema.validate({"id": f"o{i}", "ts": START, **e}) for i, e in enumerate(events)]
-        c = Classified(offsets=list(range(len(rows))), events=rows, event_times=[START] * len(rows),  # type: ignore[arg-type]
-                       status=[APPLIED] * len(rows), reasons=[None] * len(rows), watermark=START)
+        c = _classified([{"ts": START, **e} for e in events], 0, source)
         batch = PartitionBatch(offset_key="o", expected_offset=0, first_offset=0, last_offset=0, watermark=0,
                                layouts=plan.layouts)
-        plan.writes(batch_connection(), applied_table(source, c, list(range(len(rows))), 0, 1), 0, batch, 1_000)
+        plan.writes(batch_connection(), applied_table(source, c, list(range(len(events))), 0, 1), 0, batch, 1_000)
         return batch
 
     batch = writes([{"buyer": "b1", "code": "3"}, {"buyer": None, "code": "not a number"}])
