@@ -460,11 +460,13 @@ async def _load(args: argparse.Namespace, repo_file: Path, env: dict[str, str], 
                 bodies: dict[str, list[bytes]], results: dict[str, Any]) -> None:
     """Start a server (cache of `cache_keys` keys), warm it up, run each scenario open then closed loop."""
     port = _free_port()
-    core = _server_core() if args.pin else -1
+    core = args.server_core if args.pin else -1
     child = subprocess.Popen([sys.executable, __file__, "--serve-child", str(port), str(repo_file), str(cache_keys),
                               str(core)], env=env, cwd=str(ROOT), stdout=sys.stderr)
     try:
         await _wait_http(port)
+        if core >= 0 and os.sched_getaffinity(child.pid) != {core}:
+            raise SystemExit(f"the server runs on cores {sorted(os.sched_getaffinity(child.pid))}, not on {core}")
         for name in bodies:  # warm up: model load, query cache, connections
             await closed_loop(port, bodies[name], 0.5, 2)
         if cache_keys:  # and the tile cache: every user read once
@@ -494,14 +496,8 @@ async def _load(args: argparse.Namespace, repo_file: Path, env: dict[str, str], 
             child.wait()
 
 
-def _server_core() -> int:
-    """The core the server gets to itself: the last one this process may use."""
-    return max(os.sched_getaffinity(0))
-
-
-def _pin_load(pids: list[int]) -> dict[str, list[int]]:
+def _pin_load(server: int, pids: list[int]) -> dict[str, list[int]]:
     """Keep this client and `pids` (redis-server, Tansu) off the server's core."""
-    server = _server_core()
     rest = sorted(os.sched_getaffinity(0) - {server})
     for pid in [0, *pids]:
         os.sched_setaffinity(pid, rest)
@@ -530,17 +526,20 @@ def main() -> None:
         port, repo, cache_keys, core = args.serve_child
         serve_child(int(port), repo, int(cache_keys), int(core))
         return
+    # the core the server gets to itself: the last one this process may use, chosen before this process
+    # pins itself to the others
+    args.server_core = max(os.sched_getaffinity(0))
     given = os.environ.get("FEATURESTREAM_REDIS")
     given_kafka = os.environ.get("FEATURESTREAM_KAFKA") if args.prediction_log else None
     if given and (given_kafka or not args.prediction_log):
-        placement = _pin_load([]) if args.pin else None  # given services are placed by whoever runs them
+        placement = _pin_load(args.server_core, []) if args.pin else None  # given services: placed by their owner
         report = asyncio.run(run(args, given, given_kafka))
     else:
         from feature_store.local_stack import LocalStack
 
         services: tuple[Any, ...] = ("redis", "kafka") if args.prediction_log else ("redis",)
         with LocalStack(services=services) as stack:
-            placement = _pin_load(list(stack.pids().values())) if args.pin else None
+            placement = _pin_load(args.server_core, list(stack.pids().values())) if args.pin else None
             report = asyncio.run(run(args, stack.redis_url, stack.kafka_bootstrap if args.prediction_log else None))
     report["machine"]["prediction_log"] = ("every prediction sent to Kafka" if args.prediction_log else
                                            "no broker: records are queued (10,000 at most), then dropped")
