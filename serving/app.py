@@ -144,6 +144,9 @@ def create_app(settings: Settings, repo: FeatureRepo | None = None, *, repo_path
         summary="Online features, predictions and the model registry of a streaming feature store.",
         version="1",
         lifespan=lifespan,
+        # metrics are Prometheus (`serving.telemetry`); FastAPI's own OpenTelemetry hooks would look up the
+        # global providers on every request
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.serving = ServingState(
         settings=settings, config=config, repo=repo, metrics=metrics, models=registry,

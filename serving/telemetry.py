@@ -3,8 +3,9 @@
 Per route request latency, online read latency (one pipelined round trip plus
 decoding), per-feature served statuses (missing rate = missing / all) and
 freshness (event-time age), predictions per model version, and the
-prediction log's buffer. Label children are cached: the hot path does dict
-lookups, not label parsing.
+prediction log's buffer. What every request updates (latencies, per-feature
+statuses and ages) is kept as plain numbers (`serving.tallies`); the rest are
+prometheus_client metrics with their label children cached.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from serving.tallies import CounterTally, HistogramTally
 
 __all__ = ["Metrics", "MetricsMiddleware"]
 
@@ -28,18 +31,18 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.request_seconds = Histogram("featurestream_http_request_seconds", "HTTP request latency by route.",
-                                         ["route", "method", "status"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.online_read_seconds = Histogram("featurestream_online_read_seconds",
-                                             "One pipelined Redis read of feature vectors, incl. decoding.",
-                                             buckets=_LATENCY_BUCKETS, registry=r)
+        self.request_seconds = HistogramTally("featurestream_http_request_seconds", "HTTP request latency by route.",
+                                              ["route", "method", "status"], _LATENCY_BUCKETS, r)
+        self.online_read_seconds = HistogramTally("featurestream_online_read_seconds",
+                                                  "One pipelined Redis read of feature vectors, incl. decoding.",
+                                                  [], _LATENCY_BUCKETS, r)
         self.online_read_errors = Counter("featurestream_online_read_errors", "Online reads that failed (Redis down).",
                                           registry=r)
-        self.feature_values = Counter("featurestream_feature_values", "Served feature values by status.",
-                                      ["feature", "status"], registry=r)
-        self.feature_age_seconds = Histogram("featurestream_feature_age_seconds",
-                                             "Event-time age of served values (oldest per request and feature).",
-                                             ["feature"], buckets=_AGE_BUCKETS, registry=r)
+        self.feature_values = CounterTally("featurestream_feature_values", "Served feature values by status.",
+                                           ["feature", "status"], r)
+        self.feature_age_seconds = HistogramTally("featurestream_feature_age_seconds",
+                                                  "Event-time age of served values (oldest per request and feature).",
+                                                  ["feature"], _AGE_BUCKETS, r)
         self.predictions = Counter("featurestream_predictions", "Answered predictions by model version.",
                                    ["model", "version", "fallback"], registry=r)
         self.prediction_log_dropped = Counter("featurestream_prediction_log_dropped",
@@ -49,7 +52,7 @@ class Metrics:
         self.prediction_log_buffered = Gauge("featurestream_prediction_log_buffered",
                                              "Prediction log records waiting for Kafka.", registry=r)
         self._children: dict[tuple[Any, ...], Any] = {}
-        self._feature_children: dict[str, tuple[dict[str, Any], Any]] = {}  # per feature: status counters, age
+        self._status_labels: dict[str, dict[str, tuple[str, str]]] = {}  # feature -> status -> label values
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)
@@ -59,19 +62,20 @@ class Metrics:
         return child
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        self._child(self.request_seconds, route, method, str(status)).observe(seconds)
+        self.request_seconds.observe((route, method, str(status)), seconds)
+
+    def observe_read(self, seconds: float) -> None:
+        self.online_read_seconds.observe((), seconds)
 
     def observe_features(self, feature: str, counts: dict[str, int], oldest_age_ms: int | None) -> None:
-        children = self._feature_children.get(feature)
-        if children is None:
-            children = self._feature_children[feature] = (
-                {status: self.feature_values.labels(feature, status) for status in _STATUSES},
-                self.feature_age_seconds.labels(feature))
+        labels = self._status_labels.get(feature)
+        if labels is None:
+            labels = self._status_labels[feature] = {status: (feature, status) for status in _STATUSES}
         for status, n in counts.items():
             if n:
-                children[0][status].inc(n)
+                self.feature_values.inc(labels[status], n)
         if oldest_age_ms is not None:
-            children[1].observe(max(oldest_age_ms, 0) / 1000.0)
+            self.feature_age_seconds.observe((feature,), max(oldest_age_ms, 0) / 1000.0)
 
     def count_predictions(self, model: str, version: int, fallback: bool, n: int) -> None:
         if n:

@@ -154,7 +154,7 @@ async def fetch_vectors(
     except Exception:
         metrics.online_read_errors.inc()
         raise
-    metrics.online_read_seconds.observe(time.perf_counter() - start)
+    metrics.observe_read(time.perf_counter() - start)
     counts = {ref: {"present": 0, "default": 0, "missing": 0, "stale": 0} for ref in query.refs}
     oldest: dict[str, int] = {}
     vectors: list[Vector] = []
