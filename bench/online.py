@@ -8,8 +8,10 @@ card-fraud `user_spend` state (8 windowed features, 5 min and 1 h tiles up to
 so the tile hashes carry the markers the reader's cache relies on), starts the
 API in a subprocess as `featurestream serve` runs it (`serving.server`: 1
 uvicorn worker, uvloop, httptools, one write per response) and loads it
-from this process with a minimal keep-alive HTTP/1.1 client on raw asyncio
-streams (so the client adds as little as possible to the latency it measures).
+from this process with a minimal keep-alive HTTP/1.1 client, an asyncio
+protocol on uvloop: a request is written as its timer fires and its clock stops
+in `data_received` (so the client adds as little as possible to the latency it
+measures).
 
 Scenarios, each for /v1/features (the 8 features) and /v1/predict (a rule
 model over the same 8 features + a derived request feature):
@@ -64,6 +66,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import uvloop
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -211,34 +214,69 @@ async def raw_limits(redis_url: str, view: FeatureView, entities: list[str], n: 
 # ---------------------------------------------------------------- HTTP load
 
 
-class Conn:
-    """One keep-alive HTTP/1.1 connection on raw asyncio streams."""
+class Conn(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection; a response's clock stops in `data_received`, as its last byte is read.
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+    A protocol rather than streams: no task wake-up between the read and the timestamp, so the client's
+    own scheduling adds as little as possible to the latency it measures.
+    """
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._waiter: asyncio.Future[tuple[int, float]] | None = None
+        self._lost: Exception | None = None
 
     @classmethod
     async def open(cls, port: int) -> Conn:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        sock = writer.get_extra_info("socket")
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return cls(reader, writer)
+        loop = asyncio.get_running_loop()
+        transport, conn = await loop.create_connection(cls, "127.0.0.1", port)
+        conn.transport = transport  # uvloop may call connection_made after create_connection returns
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn
 
-    async def request(self, raw: bytes) -> int:
-        self.writer.write(raw)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's TCPTransport does not subclass it
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = exc or ConnectionResetError("the server closed the connection")
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(self._lost)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        head_end = self._buffer.find(b"\r\n\r\n")
+        if head_end < 0 or self._waiter is None:
+            return
+        head = bytes(self._buffer[:head_end])
         length = 0
         for line in head.split(b"\r\n"):
             if line[:15].lower() == b"content-length:":
                 length = int(line[15:])
-        if length:
-            await self.reader.readexactly(length)
-        return status
+        if len(self._buffer) < head_end + 4 + length:
+            return
+        done = time.perf_counter()
+        del self._buffer[:head_end + 4 + length]
+        waiter, self._waiter = self._waiter, None
+        if not waiter.done():
+            waiter.set_result((int(head[9:12]), done))
+
+    def send(self, raw: bytes) -> asyncio.Future[tuple[int, float]]:
+        """Write one request now; the future gives (status, perf_counter when its response was read whole)."""
+        if self._lost is not None:
+            raise self._lost
+        assert self.transport is not None
+        assert self._waiter is None, "one request at a time per connection"
+        self._waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(raw)
+        return self._waiter
+
+    async def request(self, raw: bytes) -> int:
+        return (await self.send(raw))[0]
 
     def close(self) -> None:
-        self.writer.close()
+        if self.transport is not None:
+            self.transport.close()
 
 
 def http_post(path: str, body: dict[str, Any]) -> bytes:
@@ -265,28 +303,43 @@ async def open_loop(port: int, requests: list[bytes], rate: float, seconds: floa
     interval = 1.0 / rate
     clock = time.perf_counter  # sub-microsecond, whatever the event loop
     begin = clock() + 0.05
+    pending: set[asyncio.Future[Any]] = set()
 
-    async def one(i: int) -> None:
-        nonlocal errors
-        start = clock()
-        slack.append(start - (begin + i * interval))
-        conn = await free.get()
-        try:
-            status = await conn.request(requests[i % len(requests)])
-            if status != 200:
+    def send(conn: Conn, raw: bytes, start: float) -> None:
+        def finished(reply: asyncio.Future[tuple[int, float]]) -> None:
+            nonlocal errors
+            pending.discard(reply)
+            if reply.exception() is not None:  # the connection is gone: not returned to the pool
                 errors += 1
-        finally:
+                return
             free.put_nowait(conn)
-        latencies.append(clock() - start)
-        sent_at.append(start - begin)
+            status, done = reply.result()
+            errors += status != 200
+            latencies.append(done - start)
+            sent_at.append(start - begin)
 
-    tasks = []
+        reply = conn.send(raw)
+        pending.add(reply)
+        reply.add_done_callback(finished)
+
+    async def queued(raw: bytes, start: float) -> None:  # every connection busy: waiting counts as latency
+        send(await free.get(), raw, start)
+
     for i in range(count):
         delay = begin + i * interval - clock()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(i)))
-    await asyncio.gather(*tasks)
+        start = clock()
+        slack.append(start - (begin + i * interval))
+        raw = requests[i % len(requests)]
+        if free.empty():
+            waiting = asyncio.ensure_future(queued(raw, start))
+            pending.add(waiting)
+            waiting.add_done_callback(pending.discard)
+        else:
+            send(free.get_nowait(), raw, start)
+    while pending:
+        await asyncio.gather(*pending, return_exceptions=True)
     elapsed = clock() - begin
     for c in conns:
         c.close()
@@ -308,9 +361,9 @@ async def closed_loop(port: int, requests: list[bytes], seconds: float, concurre
         i = k
         while time.perf_counter() < stop:
             start = time.perf_counter()
-            if await conn.request(requests[i % len(requests)]) != 200:
-                errors += 1
-            latencies.append(time.perf_counter() - start)
+            status, done = await conn.send(requests[i % len(requests)])
+            errors += status != 200
+            latencies.append(done - start)
             i += concurrency
         conn.close()
 
@@ -367,8 +420,7 @@ async def _wait_http(port: int, timeout_s: float = 30.0) -> None:
     while time.monotonic() < deadline:
         try:
             conn = await Conn.open(port)
-            conn.writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            await conn.reader.readuntil(b"\r\n\r\n")
+            await conn.request(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             conn.close()
             return
         except OSError:
@@ -533,14 +585,14 @@ def main() -> None:
     given_kafka = os.environ.get("FEATURESTREAM_KAFKA") if args.prediction_log else None
     if given and (given_kafka or not args.prediction_log):
         placement = _pin_load(args.server_core, []) if args.pin else None  # given services: placed by their owner
-        report = asyncio.run(run(args, given, given_kafka))
+        report = uvloop.run(run(args, given, given_kafka))
     else:
         from feature_store.local_stack import LocalStack
 
         services: tuple[Any, ...] = ("redis", "kafka") if args.prediction_log else ("redis",)
         with LocalStack(services=services) as stack:
             placement = _pin_load(args.server_core, list(stack.pids().values())) if args.pin else None
-            report = asyncio.run(run(args, stack.redis_url, stack.kafka_bootstrap if args.prediction_log else None))
+            report = uvloop.run(run(args, stack.redis_url, stack.kafka_bootstrap if args.prediction_log else None))
     report["machine"]["prediction_log"] = ("every prediction sent to Kafka" if args.prediction_log else
                                            "no broker: records are queued (10,000 at most), then dropped")
     report["machine"]["speed_after"] = speed_probe()
