@@ -63,7 +63,7 @@ async def execute(redis: OnlineClient, commands: Sequence[tuple[Any, ...]]) -> l
     try:
         timeout = getattr(conn, "socket_timeout", None)
         async with asyncio.timeout(timeout):
-            await conn.send_packed_command(b"".join([hiredis.pack_command(c) for c in commands]))
+            await _send(conn, b"".join([hiredis.pack_command(c) for c in commands]))
             replies = await _read(conn, len(commands))
     except BaseException:
         await conn.disconnect(nowait=True)
@@ -112,7 +112,7 @@ async def _on_cluster(cluster: aioredis.RedisCluster, commands: Sequence[tuple[A
     async def on_node(node: Any, indexes: list[int]) -> None:
         conn = node.acquire_connection()
         try:
-            await conn.send_packed_command(b"".join([hiredis.pack_command(commands[i]) for i in indexes]))
+            await _send(conn, b"".join([hiredis.pack_command(commands[i]) for i in indexes]))
             for i, reply in zip(indexes, await _read(conn, len(indexes)), strict=True):
                 replies[i] = reply
         except BaseException:
@@ -124,6 +124,23 @@ async def _on_cluster(cluster: aioredis.RedisCluster, commands: Sequence[tuple[A
     async with asyncio.timeout(cluster.get_connection_kwargs().get("socket_timeout")):
         await asyncio.gather(*(on_node(node, indexes) for node, indexes in by_node.values()))
     return replies
+
+
+async def _send(conn: Any, data: bytes) -> None:
+    """Write `data` on the connection's stream, bounded by the caller's timeout.
+
+    redis-py's `send_packed_command` runs the write under `asyncio.wait_for`, which on Python 3.11 wraps
+    it in a task of its own: one more event-loop step (and task) per call.
+    """
+    writer = getattr(conn, "_writer", None)  # the connection's StreamWriter (redis-py internals, checked)
+    if not isinstance(writer, asyncio.StreamWriter):
+        await conn.send_packed_command(data)
+        return
+    await conn.check_health()  # its periodic PING, as send_packed_command does
+    if writer.transport.is_closing():
+        raise RedisConnectionError("Redis closed the connection")
+    writer.write(data)
+    await writer.drain()
 
 
 async def _read(conn: Any, count: int) -> list[Any]:

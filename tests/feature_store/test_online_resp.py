@@ -57,3 +57,25 @@ async def test_reads_go_on_after_a_redis_restart(private_redis: LocalStack) -> N
         assert await execute(client, [("GET", "k")]) == [b"after"]
     finally:
         await client.aclose()
+
+
+async def test_a_connection_idle_past_the_health_check_interval_is_pinged_first(private_redis: LocalStack) -> None:
+    client = aioredis.Redis.from_url(private_redis.redis_url, health_check_interval=1, socket_timeout=5)
+    observer = aioredis.Redis.from_url(private_redis.redis_url)  # no health checks of its own
+
+    async def pings() -> int:
+        stats = await observer.info("commandstats")
+        return int(stats.get("cmdstat_ping", {}).get("calls", 0))
+
+    try:
+        await observer.set("k", "v")
+        assert await execute(client, [("GET", "k")]) == [b"v"]
+        before = await pings()
+        assert await execute(client, [("GET", "k")]) == [b"v"]
+        assert await pings() == before  # used within the interval: no PING
+        await asyncio.sleep(1.2)
+        assert await execute(client, [("GET", "k")]) == [b"v"]
+        assert await pings() == before + 1
+    finally:
+        await client.aclose()
+        await observer.aclose()
