@@ -20,7 +20,10 @@ model over the same 8 features + a derived request feature):
   moment the client's timer fires for a request, waiting for a connection
   included, so a stalled server cannot hide queueing (no coordinated
   omission); the timer's own lateness (event loop timers round to the
-  millisecond) is reported apart as `timer_slack`;
+  millisecond) is reported apart as `timer_slack`; `server_core_load` is the
+  share of the server's core the offered rate asks for (server CPU per request
+  x rate): above 1 the queue grows for the whole phase, as it does for
+  `features_100_cold` at 100 req/s on this VM;
 - closed loop with `--concurrency` connections: saturation requests/s.
 
 Warm and cold: the server caches the merged closed tiles per tile hash
@@ -536,6 +539,9 @@ async def _load(args: argparse.Namespace, repo_file: Path, env: dict[str, str], 
             closed = await closed_loop(port, requests, args.seconds, args.concurrency)
             cpu_closed = _cpu_s(child.pid) - cpu - cpu_open
             opened["server_cpu_ms_per_request"] = round(cpu_open * 1000 / max(opened["requests"], 1), 3)
+            # CPU the offered rate asks of the server's core: above 1, requests queue without bound (the
+            # open-loop latencies then measure the queue)
+            opened["server_core_load"] = round(opened["server_cpu_ms_per_request"] * rate / 1000, 2)
             closed["server_cpu_ms_per_request"] = round(cpu_closed * 1000 / max(closed["requests"], 1), 3)
             closed["rps_per_server_cpu_second"] = round(closed["requests"] / max(cpu_closed, 1e-9), 1)
             results[name] = {"open_loop": opened, "closed_loop": closed}

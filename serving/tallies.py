@@ -79,4 +79,3 @@ class HistogramTally:
             family.add_metric(list(labels), list(zip(self._les, accumulate(counts), strict=True)),
                               sum_value=series[-1])
         yield family
-
