@@ -11,8 +11,10 @@ checked out between calls, idle here: the pool's hand-out and release cost
 ~15 us of the ~50 us a 2-command call takes (its lock, per-call connection
 probe and connection-count hooks). An idle connection the server has closed
 meanwhile (a restart) is noticed by its end-of-stream mark and handed back to
-the pool, which reconnects it. Any error disconnects the connection and hands it
-back, so no socket with unread replies is ever used again.
+the pool, which reconnects it. At most half the pool's `max_connections` are
+kept, so the client's other commands (`/readyz`'s PING) always find one. Any
+error disconnects the connection and hands it back, so no socket with unread
+replies is ever used again.
 
 On a Redis Cluster the commands go to the nodes owning their keys (the first
 key; the project's multi-key commands share a hash tag), one pipeline per
@@ -69,7 +71,11 @@ async def execute(redis: OnlineClient, commands: Sequence[tuple[Any, ...]]) -> l
         await conn.disconnect(nowait=True)
         await pool.release(conn)
         raise
-    _IDLE.setdefault(pool, []).append(conn)
+    idle = _IDLE.setdefault(pool, [])
+    if len(idle) < pool.max_connections // 2:
+        idle.append(conn)
+    else:  # a burst's extra connections go back: the client's other commands need some too
+        await pool.release(conn)
     return _raise_errors(replies)
 
 

@@ -79,3 +79,15 @@ async def test_a_connection_idle_past_the_health_check_interval_is_pinged_first(
     finally:
         await client.aclose()
         await observer.aclose()
+
+
+async def test_a_burst_leaves_the_client_connections_for_its_other_commands(redis_db_url: str) -> None:
+    client = aioredis.Redis.from_url(redis_db_url, max_connections=4)
+    try:
+        await client.set("k", "v")
+        replies = await asyncio.gather(*(execute(client, [("GET", "k")] * 50) for _ in range(4)))  # 4 at once
+        assert all(reply == [b"v"] * 50 for reply in replies)
+        assert await client.ping()  # the client's own commands still get a connection
+        assert await execute(client, [("GET", "k")]) == [b"v"]
+    finally:
+        await client.aclose()
