@@ -8,8 +8,8 @@ event-loop step and sends it together when the step ends; a streamed response
 still goes out as it comes (each step's writes leave before the next step
 runs). The server's CPU per request stays about the same (one larger write
 costs about what the two did); clients do half the reads:
-`bench/online.py`, closed loop, 8 connections, with the client on one core
-beside Redis: healthz 4.5-5.0k -> 6.3-6.9k requests/s, features_1
+`bench/online.py`, closed loop, 8 connections, server, client and Redis
+sharing one core: healthz 4.5-5.0k -> 6.3-6.9k requests/s, features_1
 3.1-3.3k -> 3.2-4.0k (three interleaved pairs).
 """
 

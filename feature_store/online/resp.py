@@ -61,7 +61,10 @@ async def execute(redis: OnlineClient, commands: Sequence[tuple[Any, ...]]) -> l
                 replies[i] = reply
         return _raise_errors(replies)
     pool = redis.connection_pool
-    conn = await _checked_out(pool)
+    idle = _IDLE.get(pool)
+    if idle is None:
+        idle = _IDLE[pool] = []
+    conn = await _checked_out(pool, idle)
     try:
         timeout = getattr(conn, "socket_timeout", None)
         async with asyncio.timeout(timeout):
@@ -71,7 +74,6 @@ async def execute(redis: OnlineClient, commands: Sequence[tuple[Any, ...]]) -> l
         await conn.disconnect(nowait=True)
         await pool.release(conn)
         raise
-    idle = _IDLE.setdefault(pool, [])
     if len(idle) < pool.max_connections // 2:
         idle.append(conn)
     else:  # a burst's extra connections go back: the client's other commands need some too
@@ -79,9 +81,8 @@ async def execute(redis: OnlineClient, commands: Sequence[tuple[Any, ...]]) -> l
     return _raise_errors(replies)
 
 
-async def _checked_out(pool: aioredis.ConnectionPool) -> Any:
-    """An idle connection kept from an earlier call, else a new one from the pool."""
-    idle = _IDLE.get(pool)
+async def _checked_out(pool: aioredis.ConnectionPool, idle: list[Any]) -> Any:
+    """An idle connection kept from an earlier call (`idle`: the pool's), else a new one from the pool."""
     while idle:
         conn = idle.pop()
         stream = getattr(conn, "_reader", None)
