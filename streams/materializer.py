@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-import gc
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -37,6 +36,7 @@ from aiokafka.errors import KafkaError
 from feature_store.aggregates import NO_ORDER
 from feature_store.definitions import FeatureView, StreamSource
 from feature_store.errors import BrokerUnavailable, OnlineStoreUnavailable
+from feature_store.heap import long_lived_heap
 from feature_store.offline.log_writer import EventLogWriter
 from feature_store.online.client import OnlineClient, open_online
 from feature_store.online.keys import KeyLayout
@@ -161,6 +161,7 @@ class Materializer:
         self._inflight: asyncio.Future[None] | None = None  # the last fetch's commits, running while we fetch on
         self._stopping = asyncio.Event()
         self._con = batch_connection()
+        self._heap = contextlib.ExitStack()  # the collector's settings while started (`long_lived_heap`)
         self._cpu: ThreadPoolExecutor | None = None  # runs `_prepare_all` off the loop, from start() to stop()
         self._redis: OnlineClient | None = None
         self._writer: OnlineWriter | None = None
@@ -200,10 +201,9 @@ class Materializer:
         self._intake = Intake(self._consumer, max_records=c.max_records, poll_timeout_ms=c.poll_timeout_ms)
         self._intake.start()
         self._cpu = ThreadPoolExecutor(1, thread_name_prefix="featurestream-prepare")
-        # what exists now lives as long as the worker: keep it out of full collections, which otherwise
-        # walk every client, module and plan object each time (pauses of ~100 ms: freshness outliers)
-        gc.collect()
-        gc.freeze()
+        # what exists now lives as long as the worker: out of every collection, and collections rare
+        # (`feature_store.heap`: full ones walked every client, module and plan, ~100 ms: freshness outliers)
+        self._heap.enter_context(long_lived_heap())
         log.info("worker started", topics=self.topics, group=c.group_id)
 
     def _warm_up(self) -> None:
@@ -218,7 +218,7 @@ class Materializer:
     async def stop(self) -> None:
         """Flush the event log and close every client (safe to call twice)."""
         self._stopping.set()
-        gc.unfreeze()
+        self._heap.close()
         async with self._lock:
             await self._drain()
             for source in self._sources.values():
