@@ -166,8 +166,8 @@ def test_features_from_a_redis_cluster(serving_settings: Settings, repo: Feature
 
 def test_a_many_entity_read_starts_no_garbage_collection(client: TestClient, store: OnlineWriter) -> None:
     """Its thousands of objects die by refcount once answered; with Python's default threshold (700 net new
-    objects) each such read started several young collections, and every ~1,000th a full one (~8 ms at
-    100 entities in bench/online.py, a p99 of its own)."""
+    objects) each such read started several young collections, and every ~1,000 of those a full one (~8 ms
+    at 100 entities in bench/online.py, a p99 of its own)."""
     now = _now()
     entities = [{"user_id": f"u{i}"} for i in range(50)]
     for i, entity in enumerate(entities):
