@@ -112,22 +112,20 @@ def create_app(settings: Settings, repo: FeatureRepo | None = None, *, repo_path
             state.reader = OnlineReader(state.redis, KeyLayout(config.key_prefix or settings.online_prefix),
                                         cache_keys=config.online_cache_keys)
         await state.prediction_log.start()
-        # what exists now lives as long as the app: out of every collection, and collections rare
-        # (`feature_store.heap`: full ones had paused every route for ~3-8 ms, for 80-120 ms unfrozen)
-        heap = contextlib.ExitStack()
-        heap.enter_context(long_lived_heap())
         follow = None if watch is None else asyncio.create_task(
             _follow_definitions(app, watch, config.definitions_poll_s))
         log.info("serving_started", redis=bool(settings.redis), kafka=bool(settings.kafka),
                  services=sorted(state.repo.services), models=len(registry.names()))
         try:
-            yield
+            # what exists now lives as long as the app: out of every collection, and collections rare
+            # (`feature_store.heap`: full ones had paused every route for ~3-8 ms, for 80-120 ms unfrozen)
+            with long_lived_heap():
+                yield
         finally:
             if follow is not None:
                 follow.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await follow
-            heap.close()
             await state.prediction_log.stop()
             await state.close_publisher()
             if state.redis is not None:

@@ -21,7 +21,6 @@ from serving.tallies import CounterTally, HistogramTally
 __all__ = ["Metrics", "MetricsMiddleware"]
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.5)
-_STATUSES = ("present", "default", "missing", "stale")
 _AGE_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 86400, 7 * 86400, 30 * 86400)
 
 
@@ -52,7 +51,6 @@ class Metrics:
         self.prediction_log_buffered = Gauge("featurestream_prediction_log_buffered",
                                              "Prediction log records waiting for Kafka.", registry=r)
         self._children: dict[tuple[Any, ...], Any] = {}
-        self._status_labels: dict[str, dict[str, tuple[str, str]]] = {}  # feature -> status -> label values
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)
@@ -68,12 +66,9 @@ class Metrics:
         self.online_read_seconds.observe((), seconds)
 
     def observe_features(self, feature: str, counts: dict[str, int], oldest_age_ms: int | None) -> None:
-        labels = self._status_labels.get(feature)
-        if labels is None:
-            labels = self._status_labels[feature] = {status: (feature, status) for status in _STATUSES}
         for status, n in counts.items():
             if n:
-                self.feature_values.inc(labels[status], n)
+                self.feature_values.inc((feature, status), n)
         if oldest_age_ms is not None:
             self.feature_age_seconds.observe((feature,), max(oldest_age_ms, 0) / 1000.0)
 
