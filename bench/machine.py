@@ -11,13 +11,66 @@ from __future__ import annotations
 import os
 import time
 
-__all__ = ["speed_probe"]
+__all__ = ["HostCpu", "speed_probe"]
 
 
 def speed_probe() -> dict[str, float]:
     """Milliseconds for `sum(range(3_000_000))` (best of 3; ~40 ms on a quiet core here) and the load."""
     best = min(_loop_s() for _ in range(3))
     return {"python_loop_ms": round(best * 1000, 1), "load_average_1m": round(os.getloadavg()[0], 2)}
+
+
+class HostCpu:
+    """CPU seconds of the whole host and of given processes between `__init__` and `shares`.
+
+    Why: the stream bench runs the broker, Redis, a producer and the worker on
+    one host; its latency tail depends on how busy the host's cores were and
+    who kept them busy. Linux /proc only (elsewhere the figures are None).
+    """
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self._pids = pids
+        self._host = _host_jiffies()
+        self._procs = {name: _process_jiffies(pid) for name, pid in pids.items()}
+
+    def shares(self, events: int, extra_cpu_s: dict[str, float]) -> dict[str, object]:
+        """Busy share of all cores, and CPU microseconds per event of each process (plus `extra_cpu_s`
+        measured by the caller, e.g. its own process)."""
+        host = _host_jiffies()
+        busy = None
+        if host is not None and self._host is not None:
+            total, idle = host[0] - self._host[0], host[1] - self._host[1]
+            busy = round(1 - idle / total, 3) if total else None
+        per_event: dict[str, float | None] = {name: round(s / max(1, events) * 1e6, 1)
+                                              for name, s in extra_cpu_s.items()}
+        for name, pid in self._pids.items():
+            before, after = self._procs[name], _process_jiffies(pid)
+            per_event[name] = (None if before is None or after is None
+                               else round((after - before) / _HZ / max(1, events) * 1e6, 1))
+        return {"busy_share_of_all_cores": busy, "us_per_event": per_event}
+
+
+_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _host_jiffies() -> tuple[int, int] | None:
+    """(all, idle + iowait) jiffies of every core since boot."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return None
+    return sum(fields[:8]), fields[3] + fields[4]  # user nice system idle iowait irq softirq steal
+
+
+def _process_jiffies(pid: int) -> int | None:
+    """utime + stime of a process (all its threads)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[11]) + int(fields[12])
 
 
 def _loop_s() -> float:

@@ -18,7 +18,11 @@ stack (redis-server + Tansu). Prints one JSON object:
   are reported apart (`warmup`: a fresh worker on a fresh key space creates
   every key and runs each code path for the first time then, beside the
   starting producer process); next to it, the same producer read by a bare
-  aiokafka consumer (produce -> consume latency), summarized the same way.
+  aiokafka consumer (produce -> consume latency), summarized the same way;
+- host_cpu, per freshness rate: how busy the host's cores were over the run
+  and the CPU per event of the worker, the producer, Redis and the broker
+  (the last two when this run started them). On a small host they share the
+  cores, and the freshness tail grows with how busy those are.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.machine import speed_probe
+from bench.machine import HostCpu, speed_probe
 from feature_store.examples.card_fraud.data import TransactionGenerator
 from feature_store.local_stack import LocalStack
 from feature_store.online.keys import entity_key_bytes, partition_of_key
@@ -139,8 +143,10 @@ def _consumed(materializer: Materializer) -> int:
     return int(total)
 
 
-def _produce_at_rate(bootstrap: str, topic: str, rate: float, seconds: float, sent: Any) -> None:
-    """Publish valid events with event time = now, at `rate` events/s, every 10 ms.
+def _produce_at_rate(bootstrap: str, topic: str, rate: float, seconds: float, sent: Any,
+                     cpu_s: Any = None) -> None:
+    """Publish valid events with event time = now, at `rate` events/s, every 10 ms; `sent` gets the count and
+    `cpu_s` (when given) this process's CPU seconds while it published.
 
     Keyed by user into the partition Kafka's default partitioner picks, in
     producer batches (`send_in_batches`): one `send` per event cost this
@@ -152,6 +158,7 @@ def _produce_at_rate(bootstrap: str, topic: str, rate: float, seconds: float, se
     async def run() -> None:
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2, acks=1)
         await producer.start()
+        cpu_before = time.process_time()
         partitions = sorted(await producer.partitions_for(topic))
         gen = TransactionGenerator(users=5_000, seed=3, spacing_ms=0, disorder_ms=0)
         events = (e for e, _ in gen.events(10**12))  # lazily, as many as the clock asks for
@@ -174,6 +181,8 @@ def _produce_at_rate(bootstrap: str, topic: str, rate: float, seconds: float, se
                 acks.extend([sent async for sent, _ in send_in_batches(producer, topic, partition, records)])
             await asyncio.sleep(tick)
         await asyncio.gather(*acks)
+        if cpu_s is not None:
+            cpu_s.value = time.process_time() - cpu_before
         await producer.stop()
         sent.value = count
 
@@ -224,7 +233,8 @@ def _where_the_time_goes(batches: list[AppliedBatch], warmup_s: float) -> dict[s
 
 
 async def _freshness(bootstrap: str, redis_url: str, data_dir: Path, rate: float, seconds: float,
-                     warmup_s: float) -> dict[str, Any]:
+                     warmup_s: float, services: dict[str, int]) -> dict[str, Any]:
+    """Freshness at `rate`; `services`: the pids of the broker and Redis when this run started them."""
     repo = card_fraud_repo(f"bench-fresh-{uuid.uuid4().hex[:6]}")
     topic = repo.sources["transactions"].topic
     await ensure_topics(bootstrap, repo)
@@ -236,10 +246,11 @@ async def _freshness(bootstrap: str, redis_url: str, data_dir: Path, rate: float
     while not materializer._parts:  # wait for the group join before producing
         await asyncio.sleep(0.1)
     script_before, cpu_before = await _script_usec(redis_url), time.process_time()
+    host = HostCpu({{"redis": "redis", "kafka": "broker"}[name]: pid for name, pid in services.items()})
     ctx = multiprocessing.get_context("spawn")  # a fork would inherit this process's running event loop
-    sent = ctx.Value("q", 0)
+    sent, producer_cpu_s = ctx.Value("q", 0), ctx.Value("d", 0.0)
     produced_s = warmup_s + seconds
-    producer = ctx.Process(target=_produce_at_rate, args=(bootstrap, topic, rate, produced_s, sent))
+    producer = ctx.Process(target=_produce_at_rate, args=(bootstrap, topic, rate, produced_s, sent, producer_cpu_s))
     producer.start()
     while producer.is_alive():
         await asyncio.sleep(0.1)
@@ -248,6 +259,7 @@ async def _freshness(bootstrap: str, redis_url: str, data_dir: Path, rate: float
     while sum(len(b.event_times) for b in batches) < sent.value and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     cpu_s = time.process_time() - cpu_before
+    host_cpu = host.shares(sent.value, {"worker": cpu_s, "producer": producer_cpu_s.value})
     script_s = (await _script_usec(redis_url) - script_before) / 1e6
     materializer.request_stop()
     await task
@@ -260,6 +272,9 @@ async def _freshness(bootstrap: str, redis_url: str, data_dir: Path, rate: float
             # process) and Redis
             "worker_cpu_us_per_event": round(cpu_s / max(1, sent.value) * 1e6, 1),
             "redis_script_us_per_event": round(script_s / max(1, sent.value) * 1e6, 1),
+            # the whole host over the same span: how busy its cores were and who kept them busy (the broker
+            # and Redis only when this run started them)
+            "host_cpu": host_cpu,
             "load_average_1m": round(os.getloadavg()[0], 2)}
 
 
@@ -308,7 +323,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         fill_rate = await _fill(bootstrap, repo, events)
         raw = await _raw_consume(bootstrap, source.topic, source.partitions, args.events)
         worker = await _throughput(bootstrap, redis_url, data_dir, repo, args.events)
-        fresh = [await _freshness(bootstrap, redis_url, data_dir, rate, args.seconds, args.warmup)
+        fresh = [await _freshness(bootstrap, redis_url, data_dir, rate, args.seconds, args.warmup, stack.pids())
                  for rate in args.rate]
         raw_fresh = [await _raw_latency(bootstrap, rate, args.seconds, args.warmup) for rate in args.rate]
         return {
