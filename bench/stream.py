@@ -268,12 +268,10 @@ async def _freshness(bootstrap: str, redis_url: str, data_dir: Path, rate: float
     return {"input_rate_target": rate, "input_rate_achieved": round(sent.value / produced_s),
             "events": sent.value, "applied": len(samples), **_latencies(samples, warmup_s),
             "where_the_time_goes": _where_the_time_goes(batches, warmup_s),
-            # where the time goes, warm-up included: this process (the worker; the producer is another
-            # process) and Redis
-            "worker_cpu_us_per_event": round(cpu_s / max(1, sent.value) * 1e6, 1),
+            # where the CPU goes, warm-up included: Redis's time in the worker's scripts, and the whole
+            # host: how busy its cores were and who kept them busy (the broker and Redis processes only when
+            # this run started them)
             "redis_script_us_per_event": round(script_s / max(1, sent.value) * 1e6, 1),
-            # the whole host over the same span: how busy its cores were and who kept them busy (the broker
-            # and Redis only when this run started them)
             "host_cpu": host_cpu,
             "load_average_1m": round(os.getloadavg()[0], 2)}
 
