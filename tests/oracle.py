@@ -10,6 +10,7 @@ on small inputs. API:
     counts(event, t, ignore_ingest_time=False)            is the event visible at t ("as served")?
     window_events(events, entity, t, agg, ...)             the events a windowed read at t aggregates
     windowed_value(events, entity, t, agg, ...)            the value of an Aggregation at t
+    aggregate(function, values)                            a non-`last` aggregate of plain values
     latest_row(events, entity, t, ttl_ms, ...)             the live newest event at t, or None
     feature_values(view, events, entity, t, ...)           {feature: value} of a whole view at t
 
@@ -105,12 +106,19 @@ def windowed_value(events: Iterable[Event], entity: Any, t: int, agg: Aggregatio
     if agg.column == "*":
         return len(chosen)
     present = [e for e in chosen if e.values.get(agg.column) is not None]
-    values = [e.values[agg.column] for e in present]
-    if agg.function == "count":
+    if agg.function == "last":
+        return max(present, key=lambda e: e.order).values[agg.column] if present else None
+    return aggregate(agg.function, [e.values[agg.column] for e in present])
+
+
+def aggregate(function: str, values: Sequence[Any]) -> Any:
+    """count, sum, mean, min, max or stddev of the non-null `values`, from the definition (no value: count 0,
+    the others None). `last` needs the events' order, so callers pick the newest themselves."""
+    if function == "count":
         return len(values)
     if not values:
         return None
-    match agg.function:
+    match function:
         case "sum":
             return math.fsum(values)
         case "mean":
@@ -121,9 +129,7 @@ def windowed_value(events: Iterable[Event], entity: Any, t: int, agg: Aggregatio
             return max(values)
         case "stddev":
             return statistics.stdev(values) if len(values) > 1 else None
-        case "last":
-            return max(present, key=lambda e: e.order).values[agg.column]
-    raise AssertionError(agg.function)
+    raise AssertionError(function)
 
 
 def latest_row(events: Iterable[Event], entity: Any, t: int, ttl_ms: int | None, *,

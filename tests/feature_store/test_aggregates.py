@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import statistics
 from typing import Any
 
 import duckdb
@@ -24,6 +23,7 @@ from feature_store.aggregates import (
 )
 from feature_store.definitions import Aggregation, Entity, FeatureView, StreamSource
 from schemas import EventSchema, Field
+from tests.oracle import aggregate
 
 SCHEMA = EventSchema(name="ev", version=1, fields={"k": Field("string"), "x": Field("float", nullable=True),
                                                     "ts": Field("timestamp")})
@@ -44,24 +44,10 @@ def brute(function: str, column: str, events: list[Event]) -> Any:
     """The aggregate straight from its definition, over all events."""
     if column == "*":
         return len(events)
-    values = [e[0] for e in events if e[0] is not None]
-    if function == "count":
-        return len(values)
-    if not values:
-        return None
-    match function:
-        case "sum":
-            return math.fsum(values)
-        case "mean":
-            return math.fsum(values) / len(values)
-        case "min":
-            return min(values)
-        case "max":
-            return max(values)
-        case "stddev":
-            return statistics.stdev(values) if len(values) > 1 else None
-        case _:
-            return max((e for e in events if e[0] is not None), key=lambda e: (e[1], e[2], e[3]))[0]
+    present = [e for e in events if e[0] is not None]
+    if function == "last":
+        return max(present, key=lambda e: (e[1], e[2], e[3]))[0] if present else None
+    return aggregate(function, [e[0] for e in present])
 
 
 def stats_of(events: list[Event], layout: TileLayout = LAYOUT) -> list[Any]:
