@@ -14,8 +14,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from feature_store.definitions import Aggregation, BatchSource, Entity, FeatureView, StreamSource
+from feature_store.examples.card_fraud import features as card
+from feature_store.examples.card_fraud.data import TransactionGenerator
+from feature_store.online import partition_for
 from schemas import EventSchema, Field
-from tests.oracle import Event, log_event
+from tests.oracle import Event, log_event, write_log
 
 SCHEMA = EventSchema(name="ev", version=1, fields={
     "k": Field("string"),
@@ -97,3 +100,18 @@ def write_batch(data_dir: Path, source: BatchSource, rows: Sequence[dict[str, An
 def entity_rows(rows: Sequence[tuple[str, int]]) -> pa.Table:
     return pa.table({"k": [r[0] for r in rows], "event_timestamp": pa.array([r[1] for r in rows], pa.int64()),
                      "label": list(range(len(rows)))})
+
+
+def logged_transactions(data_dir: Path, gen: TransactionGenerator, count: int) -> list[Event]:
+    """`count` card transactions from `gen`, written to the event log as the stream path logs them (ingested
+    0.5 s after they happen, offsets per partition; files of 40 rows)."""
+    offsets: dict[int, int] = {}
+    events = []
+    for raw, _ in gen.events(count):
+        event = card.transactions_v1.validate(raw)
+        p = partition_for(event["user_id"], card.transactions.partitions)
+        offsets[p] = offsets.get(p, -1) + 1
+        events.append(log_event(event["user_id"], event["ts"], event, ingest_time=event["ts"] + 500, partition=p,
+                                offset=offsets[p]))
+    write_log(data_dir, card.transactions, events, batch=40)
+    return events

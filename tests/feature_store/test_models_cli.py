@@ -16,12 +16,11 @@ from typer.testing import CliRunner
 from feature_store.examples.card_fraud import features as card
 from feature_store.examples.card_fraud.data import TransactionGenerator
 from feature_store.models import ModelRegistry
-from feature_store.online import partition_for
 from feature_store.repo import load_repo
 from feature_store.settings import load_settings
 from feature_store.store import FeatureStore
 from featurestream.cli import app
-from tests.oracle import log_event, write_log
+from tests.feature_store.offline_cases import logged_transactions
 
 REPO_FILE = Path(card.__file__)
 
@@ -86,15 +85,7 @@ def test_models_errors_are_one_line(env: dict[str, str], tmp_path: Path) -> None
 def test_score_writes_point_in_time_predictions(env: dict[str, str], tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     gen = TransactionGenerator(users=10, merchants=4, spacing_ms=60_000)
-    offsets: dict[int, int] = {}
-    events = []
-    for raw, _ in gen.events(120):
-        event = card.transactions_v1.validate(raw)
-        p = partition_for(event["user_id"], card.transactions.partitions)
-        offsets[p] = offsets.get(p, -1) + 1
-        events.append(log_event(event["user_id"], event["ts"], event, ingest_time=event["ts"] + 500, partition=p,
-                                offset=offsets[p]))
-    write_log(data_dir, card.transactions, events, batch=40)
+    events = logged_transactions(data_dir, gen, 120)
     picks = events[::6]
     rows = pa.table({"user_id": [e.values["user_id"] for e in picks],
                      "merchant_id": [e.values["merchant_id"] for e in picks],

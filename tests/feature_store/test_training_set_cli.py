@@ -20,12 +20,12 @@ from typer.testing import CliRunner
 
 from feature_store.examples.card_fraud import features as card
 from feature_store.examples.card_fraud.data import TransactionGenerator, profiles_table
-from feature_store.online import partition_for
 from feature_store.repo import load_repo
 from feature_store.settings import load_settings
 from feature_store.store import FeatureStore
 from featurestream.cli import app
-from tests.oracle import Event, close, feature_values, log_event, write_log
+from tests.feature_store.offline_cases import logged_transactions
+from tests.oracle import Event, close, feature_values
 
 REPO_FILE = Path(card.__file__)
 
@@ -33,15 +33,7 @@ REPO_FILE = Path(card.__file__)
 def _card_data(data_dir: Path) -> tuple[list[Event], list[Event], pa.Table]:
     """300 transactions in the log (ingested 0.5 s after they happen) and profile snapshots; entity rows."""
     gen = TransactionGenerator(users=30, merchants=8, spacing_ms=60_000)
-    offsets: dict[int, int] = {}
-    events = []
-    for raw, _ in gen.events(300):
-        event = card.transactions_v1.validate(raw)
-        p = partition_for(event["user_id"], card.transactions.partitions)
-        offsets[p] = offsets.get(p, -1) + 1
-        events.append(log_event(event["user_id"], event["ts"], event, ingest_time=event["ts"] + 500, partition=p,
-                                offset=offsets[p]))
-    write_log(data_dir, card.transactions, events, batch=40)
+    events = logged_transactions(data_dir, gen, 300)
     profiles = profiles_table(30, start_ms=gen.start_ms - 40 * 86_400_000)
     (data_dir / "sources" / "profiles").mkdir(parents=True)
     pq.write_table(profiles, data_dir / "sources" / "profiles" / "part-0.parquet")
