@@ -17,8 +17,11 @@ stack (redis-server + Tansu). Prints one JSON object:
   `--seconds` (the steady state); the first `--warmup` seconds of the stream
   are reported apart (`warmup`: a fresh worker on a fresh key space creates
   every key and runs each code path for the first time then, beside the
-  starting producer process); next to it, the same producer read by a bare
-  aiokafka consumer (produce -> consume latency), summarized the same way;
+  starting producer process); `where_the_time_goes` splits it into stages
+  (arrival and pacing, CPU work, Redis apply) and names the fetches that
+  hold the slowest 1% of events; next to it, the same producer read by a
+  bare aiokafka consumer (produce -> consume latency), summarized the same
+  way;
 - host_cpu, per freshness rate: how busy the host's cores were over the run
   and the CPU per event of the worker, the producer, Redis and the broker
   (the last two when this run started them). On a small host they share the
@@ -229,7 +232,41 @@ def _where_the_time_goes(batches: list[AppliedBatch], warmup_s: float) -> dict[s
         return {name: round(statistics.fmean(row[i] for row in rows), 1) for i, name in
                 ((1, "total_ms"), (2, "arrival_and_pacing_ms"), (3, "cpu_work_ms"), (4, "redis_apply_ms"))}
 
-    return {"all": means(steady), "slowest_1pct": means(steady[-max(1, len(steady) // 100):])}
+    slowest = steady[-max(1, len(steady) // 100):]
+    return {"all": means(steady), "slowest_1pct": means(slowest),
+            "slowest_fetches": _slowest_fetches(batches, slowest[0][1] if slowest else 0, warmup_s)}
+
+
+def _slowest_fetches(batches: list[AppliedBatch], p99_ms: int, warmup_s: float) -> dict[str, Any]:
+    """Which fetches (the partition batches prepared together) hold the events at or above the p99.
+
+    Why: a run's p99 is often decided by a few late fetches in a row: one
+    whose CPU work ran long delays the next one's start, which then holds
+    more events. Each of the 3 worst shows when it started (seconds into the
+    run), the gap since the fetch before it started, its events and its stages.
+    """
+    fetches: dict[int, list[AppliedBatch]] = {}
+    for b in batches:
+        fetches.setdefault(b.started_ms, []).append(b)
+    if not fetches:
+        return {"fetches": 0}
+    first = min(fetches)
+    steady_from = min(t for b in batches for t in b.event_times) + warmup_s * 1000
+    rows, previous = [], None
+    for started in sorted(fetches):
+        group = fetches[started]
+        latencies = [b.written_ms - t for b in group for t in b.event_times]
+        if started >= steady_from and latencies:
+            rows.append({"at_s": round((started - first) / 1000, 2),
+                         "gap_ms": None if previous is None else started - previous,
+                         "events": len(latencies), "at_or_above_p99": sum(1 for x in latencies if x >= p99_ms),
+                         "cpu_work_ms": group[0].prepared_ms - started,
+                         "redis_apply_ms": max(b.written_ms for b in group) - group[0].prepared_ms,
+                         "worst_ms": max(latencies)})
+        previous = started
+    holding = [r for r in rows if r["at_or_above_p99"]]
+    return {"fetches": len(rows), "holding_the_slowest_1pct": len(holding),
+            "worst": sorted(holding, key=lambda r: -r["at_or_above_p99"])[:3]}
 
 
 async def _freshness(bootstrap: str, redis_url: str, data_dir: Path, rate: float, seconds: float,
