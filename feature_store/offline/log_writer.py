@@ -21,10 +21,8 @@ that reads or resets a partition's position waits for its pending files first.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
-import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,9 +39,6 @@ __all__ = ["WATERMARK_KEY", "EventLogWriter", "FileLock", "LogPosition", "partit
 
 WATERMARK_KEY = b"featurestream.watermark"
 """Parquet metadata key: the partition watermark (epoch ms) after the file's last row."""
-
-_ROLL_NICE = 10
-"""How far below the worker's other threads a roll runs (`_behind_the_batches`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,8 +168,7 @@ class EventLogWriter:
         if buffer is None or not buffer.tables:
             return
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"event-log-{self._source}",
-                                            initializer=_behind_the_batches)
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"event-log-{self._source}")
         self._pending.append(self._pool.submit(self._write, partition, buffer))
 
     def wait(self) -> None:
@@ -230,22 +224,6 @@ class EventLogWriter:
 
     def _lock(self, partition: int) -> FileLock:
         return partition_lock(self._data_dir, self._source, partition)
-
-
-def _behind_the_batches() -> None:
-    """Run the rolling thread `_ROLL_NICE` steps nicer than the process (Linux sets nice values per thread).
-
-    Why: a roll encodes seconds of events of every partition at once (tens
-    of ms of CPU, ~100 ms for the first). On a busy host the stream worker's
-    batches waited behind it, and when the host is otherwise quiet those few
-    batches were the p99 freshness. `bench/stream.py` at 10k events/s, 9
-    interleaved pairs on the 2-core VM: p99 79-147 ms (median 103) before,
-    86-102 ms (median 92) after. A roll still gets every idle moment; nothing
-    waits for it but `wait()`.
-    """
-    with contextlib.suppress(OSError, AttributeError):  # not Linux, or not allowed: the process's priority
-        thread = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + _ROLL_NICE))
 
 
 def partition_lock(data_dir: Path, source: str, partition: int) -> FileLock:

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import sys
-import threading
 import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from feature_store.offline.layout import log_dir, parse_log_file
 from feature_store.offline.log_writer import EventLogWriter
@@ -109,23 +105,3 @@ def test_buffers_roll_by_rows_and_by_age(tmp_path: Path) -> None:
     writer.flush_all()
     assert writer.buffered() == 0
     assert writer.due() == []
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="nice values per thread are Linux's")
-def test_background_rolls_run_nicer_than_the_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A roll takes idle CPU, not the worker's: its thread runs 10 nice steps below the caller's."""
-    nice_of_rolls: list[int] = []
-    write = EventLogWriter._write
-
-    def spy(self: EventLogWriter, partition: int, buffer: object) -> Path | None:
-        nice_of_rolls.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
-        return write(self, partition, buffer)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(EventLogWriter, "_write", spy)
-    writer = EventLogWriter(tmp_path, "events", SCHEMA)
-    writer.open_partition(0)
-    writer.append(0, _rows(0, 0, 9), 9, 1)
-    writer.flush_soon(0)
-    writer.wait()
-    assert nice_of_rolls == [min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)]
-    assert _logged(tmp_path) == list(range(10))
