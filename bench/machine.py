@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
-__all__ = ["HostCpu", "speed_probe"]
+__all__ = ["HostCpu", "process_cpu_s", "speed_probe"]
 
 
 def speed_probe() -> dict[str, float]:
@@ -31,7 +32,7 @@ class HostCpu:
     def __init__(self, pids: dict[str, int]) -> None:
         self._pids = pids
         self._host = _host_jiffies()
-        self._procs = {name: _process_jiffies(pid) for name, pid in pids.items()}
+        self._procs = {name: _cpu_or_none(pid) for name, pid in pids.items()}
 
     def shares(self, events: int, extra_cpu_s: dict[str, float]) -> dict[str, object]:
         """Busy share of all cores, and CPU microseconds per event of each process (plus `extra_cpu_s`
@@ -41,16 +42,26 @@ class HostCpu:
         if host is not None and self._host is not None:
             total, idle = host[0] - self._host[0], host[1] - self._host[1]
             busy = round(1 - idle / total, 3) if total else None
-        per_event: dict[str, float | None] = {name: round(s / max(1, events) * 1e6, 1)
-                                              for name, s in extra_cpu_s.items()}
+        cpu_s: dict[str, float | None] = dict(extra_cpu_s)
         for name, pid in self._pids.items():
-            before, after = self._procs[name], _process_jiffies(pid)
-            per_event[name] = (None if before is None or after is None
-                               else round((after - before) / _HZ / max(1, events) * 1e6, 1))
-        return {"busy_share_of_all_cores": busy, "us_per_event": per_event}
+            before, after = self._procs[name], _cpu_or_none(pid)
+            cpu_s[name] = None if before is None or after is None else after - before
+        return {"busy_share_of_all_cores": busy,
+                "us_per_event": {name: None if s is None else round(s / max(1, events) * 1e6, 1)
+                                 for name, s in cpu_s.items()}}
 
 
-_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_or_none(pid: int) -> float | None:
+    try:
+        return process_cpu_s(pid)
+    except OSError:  # gone, or no /proc
+        return None
 
 
 def _host_jiffies() -> tuple[int, int] | None:
@@ -61,16 +72,6 @@ def _host_jiffies() -> tuple[int, int] | None:
     except OSError:
         return None
     return sum(fields[:8]), fields[3] + fields[4]  # user nice system idle iowait irq softirq steal
-
-
-def _process_jiffies(pid: int) -> int | None:
-    """utime + stime of a process (all its threads)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return int(fields[11]) + int(fields[12])
 
 
 def _loop_s() -> float:

@@ -74,7 +74,7 @@ import uvloop
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.machine import speed_probe  # noqa: E402
+from bench.machine import process_cpu_s, speed_probe  # noqa: E402
 from feature_store.aggregates import SEQ_PARTITION_SHIFT, empty_stats, event_stats, merge, tile_layouts  # noqa: E402
 from feature_store.definitions import FeatureService, FeatureView  # noqa: E402
 from feature_store.online import KeyLayout, OnlineReader, pack_stats, partition_for  # noqa: E402
@@ -391,12 +391,6 @@ def _stats(samples: list[float]) -> dict[str, Any]:
 # ---------------------------------------------------------------- server process
 
 
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -538,11 +532,11 @@ async def _load(args: argparse.Namespace, repo_file: Path, env: dict[str, str], 
         for name, requests in bodies.items():
             single = "_100" not in name
             rate = args.rate if single else args.rate_100
-            cpu = _cpu_s(child.pid)
+            cpu = process_cpu_s(child.pid)
             opened = await open_loop(port, requests, rate, args.seconds, pool=32)
-            cpu_open = _cpu_s(child.pid) - cpu
+            cpu_open = process_cpu_s(child.pid) - cpu
             closed = await closed_loop(port, requests, args.seconds, args.concurrency)
-            cpu_closed = _cpu_s(child.pid) - cpu - cpu_open
+            cpu_closed = process_cpu_s(child.pid) - cpu - cpu_open
             opened["server_cpu_ms_per_request"] = round(cpu_open * 1000 / max(opened["requests"], 1), 3)
             # CPU the offered rate asks of the server's core: above 1, requests queue without bound (the
             # open-loop latencies then measure the queue)

@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -200,8 +200,13 @@ def _steady(samples: Sequence[_Sample], warmup_s: float) -> tuple[list[_Sample],
     """(steady, warm-up) samples: the warm-up holds the first `warmup_s` seconds of event time."""
     if not samples:
         return [], []
-    steady_from = min(sample[0] for sample in samples) + warmup_s * 1000
+    steady_from = _steady_from((sample[0] for sample in samples), warmup_s)
     return [x for x in samples if x[0] >= steady_from], [x for x in samples if x[0] < steady_from]
+
+
+def _steady_from(event_times: Iterable[int], warmup_s: float) -> float:
+    """Event time (ms) where the steady state starts: `warmup_s` after the first event."""
+    return min(event_times) + warmup_s * 1000
 
 
 def _latencies(samples: list[tuple[int, int]], warmup_s: float) -> dict[str, Any]:
@@ -251,7 +256,7 @@ def _slowest_fetches(batches: list[AppliedBatch], p99_ms: int, warmup_s: float) 
     if not fetches:
         return {"fetches": 0}
     first = min(fetches)
-    steady_from = min(t for b in batches for t in b.event_times) + warmup_s * 1000
+    steady_from = _steady_from((t for b in batches for t in b.event_times), warmup_s)
     rows, previous = [], None
     for started in sorted(fetches):
         group = fetches[started]
