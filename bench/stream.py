@@ -1,6 +1,6 @@
 """Stream-path benchmark: worker throughput (exactly-once path) and freshness, next to raw consumption.
 
-    .venv/bin/python bench/stream.py [--events 200000] [--rate 10000 2000] [--seconds 10] [--warmup 2] [--repeat 1]
+    .venv/bin/python bench/stream.py [--events 200000] [--rate 10000 2000] [--seconds 10] [--warmup 2] [--repeat 3]
 
 Uses FEATURESTREAM_KAFKA / FEATURESTREAM_REDIS when set, else starts the local
 stack (redis-server + Tansu). Prints one JSON object:
@@ -21,7 +21,9 @@ stack (redis-server + Tansu). Prints one JSON object:
   (arrival and pacing, CPU work, Redis apply) and names the fetches that
   hold the slowest 1% of events; next to it, the same producer read by a
   bare aiokafka consumer (produce -> consume latency), summarized the same
-  way;
+  way; `freshness_by_rate` puts the `--repeat` runs of each rate together:
+  each run's p99, how many met the target, and the p50/p99 of all their
+  steady events (one run's p99 moves by +-20 ms from run to run here);
 - host_cpu, per freshness rate: how busy the host's cores were over the run
   and the CPU per event of the worker, the producer, Redis and the broker
   (the last two when this run started them). On a small host they share the
@@ -192,6 +194,9 @@ def _produce_at_rate(bootstrap: str, topic: str, rate: float, seconds: float, se
     asyncio.run(run())
 
 
+FRESHNESS_P99_TARGET_MS = 100
+"""Issue 5's target at 10k events/s (the same bar is shown at every rate)."""
+
 _Sample = tuple[int, ...]
 """Per event: its event time (ms), then figures about it."""
 
@@ -209,20 +214,21 @@ def _steady_from(event_times: Iterable[int], warmup_s: float) -> float:
     return min(event_times) + warmup_s * 1000
 
 
+def _q(ordered: Sequence[int], p: float) -> float | None:
+    """The `p` quantile of sorted latencies (the nearest rank at or below)."""
+    return float(ordered[min(len(ordered) - 1, int(p * len(ordered)))]) if ordered else None
+
+
 def _latencies(samples: list[tuple[int, int]], warmup_s: float) -> dict[str, Any]:
     """p50/p99/max/mean of the latencies of events after the first `warmup_s` seconds of event time; the
     warm-up's own apart. `samples`: (event time ms, latency ms)."""
     steady_samples, warm_samples = _steady(samples, warmup_s)
     steady = sorted(lat for _, lat in steady_samples)
     warm = sorted(lat for _, lat in warm_samples)
-
-    def q(ordered: list[int], p: float) -> float | None:
-        return float(ordered[min(len(ordered) - 1, int(p * len(ordered)))]) if ordered else None
-
-    return {"events_measured": len(steady), "p50_ms": q(steady, 0.50), "p99_ms": q(steady, 0.99),
-            "max_ms": q(steady, 1.0), "mean_ms": round(statistics.fmean(steady), 2) if steady else None,
-            "warmup": {"seconds": warmup_s, "events": len(warm), "p50_ms": q(warm, 0.5), "p99_ms": q(warm, 0.99),
-                       "max_ms": q(warm, 1.0)}}
+    return {"events_measured": len(steady), "p50_ms": _q(steady, 0.50), "p99_ms": _q(steady, 0.99),
+            "max_ms": _q(steady, 1.0), "mean_ms": round(statistics.fmean(steady), 2) if steady else None,
+            "warmup": {"seconds": warmup_s, "events": len(warm), "p50_ms": _q(warm, 0.5), "p99_ms": _q(warm, 0.99),
+                       "max_ms": _q(warm, 1.0)}}
 
 
 def _where_the_time_goes(batches: list[AppliedBatch], warmup_s: float) -> dict[str, Any]:
@@ -275,8 +281,9 @@ def _slowest_fetches(batches: list[AppliedBatch], p99_ms: int, warmup_s: float) 
 
 
 async def _freshness(bootstrap: str, redis_url: str, data_dir: Path, rate: float, seconds: float,
-                     warmup_s: float, services: dict[str, int]) -> dict[str, Any]:
-    """Freshness at `rate`; `services`: the pids of the broker and Redis when this run started them."""
+                     warmup_s: float, services: dict[str, int]) -> tuple[dict[str, Any], list[int]]:
+    """Freshness at `rate`, and the latencies (ms) of its steady events; `services`: the pids of the broker
+    and Redis when this run started them."""
     repo = card_fraud_repo(f"bench-fresh-{uuid.uuid4().hex[:6]}")
     topic = repo.sources["transactions"].topic
     await ensure_topics(bootstrap, repo)
@@ -307,6 +314,7 @@ async def _freshness(bootstrap: str, redis_url: str, data_dir: Path, rate: float
     await task
     await materializer.stop()
     samples = [(t, b.written_ms - t) for b in batches for t in b.event_times]
+    steady = [latency for _, latency in _steady(samples, warmup_s)[0]]
     return {"input_rate_target": rate, "input_rate_achieved": round(sent.value / produced_s),
             "events": sent.value, "applied": len(samples), **_latencies(samples, warmup_s),
             "where_the_time_goes": _where_the_time_goes(batches, warmup_s),
@@ -315,7 +323,20 @@ async def _freshness(bootstrap: str, redis_url: str, data_dir: Path, rate: float
             # this run started them)
             "redis_script_us_per_event": round(script_s / max(1, sent.value) * 1e6, 1),
             "host_cpu": host_cpu,
-            "load_average_1m": round(os.getloadavg()[0], 2)}
+            "load_average_1m": round(os.getloadavg()[0], 2)}, steady
+
+
+def _over_runs(runs: list[dict[str, Any]], pooled: list[int]) -> dict[str, Any]:
+    """One rate's runs together: each run's p99, how many met the target, and the p50/p99 of all their events.
+
+    Why: one 8-10 s run's p99 is the worst ~1% of its events, often one or two
+    late batches, and moved by +-20 ms from run to run on this shared VM; the
+    pooled figure is the one to compare with the target.
+    """
+    p99s = [run["p99_ms"] for run in runs]
+    return {"runs": len(runs), "p99_ms_per_run": p99s,
+            "runs_within_target": sum(1 for p99 in p99s if p99 is not None and p99 < FRESHNESS_P99_TARGET_MS),
+            "pooled": {"events": len(pooled), "p50_ms": _q(pooled, 0.50), "p99_ms": _q(pooled, 0.99)}}
 
 
 async def _raw_latency(bootstrap: str, rate: float, seconds: float, warmup_s: float) -> dict[str, Any]:
@@ -363,9 +384,17 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         fill_rate = await _fill(bootstrap, repo, events)
         raw = await _raw_consume(bootstrap, source.topic, source.partitions, args.events)
         worker = await _throughput(bootstrap, redis_url, data_dir, repo, args.events)
-        fresh = [{**await _freshness(bootstrap, redis_url, data_dir, rate, args.seconds, args.warmup,
-                                     stack.pids()), "run": run}
-                 for rate in args.rate for run in range(1, args.repeat + 1)]
+        fresh: list[dict[str, Any]] = []
+        by_rate: dict[str, Any] = {}
+        for rate in args.rate:
+            runs, pooled = [], []
+            for run in range(1, args.repeat + 1):
+                result, steady = await _freshness(bootstrap, redis_url, data_dir, rate, args.seconds, args.warmup,
+                                                  stack.pids())
+                runs.append({**result, "run": run})
+                pooled += steady
+            fresh += runs
+            by_rate[str(rate)] = _over_runs(runs, sorted(pooled))
         raw_fresh = [await _raw_latency(bootstrap, rate, args.seconds, args.warmup) for rate in args.rate]
         return {
             "bench": "stream",
@@ -388,11 +417,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "worker_redis_script_us_per_event": round(worker["redis_script_seconds"] / args.events * 1e6, 1),
             "load_average_1m": round(os.getloadavg()[0], 2),
             "freshness": fresh,
-            # one figure per run: on a shared VM the p99 of one run moved by +-20 ms from run to run
-            "freshness_p99_ms_by_rate": {str(rate): [f["p99_ms"] for f in fresh if f["input_rate_target"] == rate]
-                                         for rate in args.rate},
+            "freshness_by_rate": by_rate,
             "raw_produce_to_consume_latency": raw_fresh,
-            "targets": {"worker_events_per_s": 50_000, "freshness_p99_ms": 100},
+            "targets": {"worker_events_per_s": 50_000, "freshness_p99_ms": FRESHNESS_P99_TARGET_MS},
         }
 
 
@@ -406,8 +433,8 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=float, nargs="+", default=[10_000.0, 2_000.0],
                         help="input rates (events/s) to measure freshness at")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds of each rate's stream")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="freshness runs per rate, each on a fresh topic (their p99s are listed together)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="freshness runs per rate, each on a fresh topic (`freshness_by_rate` pools them)")
     parser.add_argument("--warmup", type=float, default=2.0,
                         help="seconds of stream before those, reported apart (`warmup`)")
     parser.add_argument("--users", type=int, default=10_000, help="entity cardinality of the throughput stream")
