@@ -3,7 +3,9 @@
 Why: on a shared VM the same code ran 40-50% slower from one minute to the
 next (worker CPU per event 48 vs 71 us in back-to-back runs of bench/stream.py).
 Benchmarks print this before and after their phases, so a slow run shows as
-one.
+one. Not every one: a tight loop misses slowdowns that hit the stream path's
+memory-heavy work (docs/production.md, "Fetch pacing"); bench/stream.py's
+`host_cpu` per event of its producer, the same work in every run, shows them.
 """
 
 from __future__ import annotations
