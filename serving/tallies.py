@@ -69,6 +69,15 @@ class HistogramTally:
         series[bisect_left(self._bounds, value)] += 1  # the first bucket whose upper bound `le` >= value
         series[-1] += value
 
+    @property
+    def bounds(self) -> tuple[float, ...]:
+        """The buckets' upper bounds, ascending (the +Inf bucket is implied)."""
+        return self._bounds
+
+    def counts(self) -> dict[Labels, list[float]]:
+        """A copy of the per bucket counts (not cumulated; the +Inf bucket last) of every series."""
+        return {labels: series[:-1] for labels, series in list(self._series.items())}
+
     def describe(self) -> Iterator[Metric]:
         yield HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
 

@@ -50,7 +50,8 @@ def ui_static(name: str) -> FileResponse:
 @router.get("/v1/dashboard", summary="Dashboard summary (read-only)")
 def dashboard(request: Request) -> dict[str, Any]:
     """Views and services with versions, per-source counts (applied/late/invalid = DLQ), throughput,
-    freshness now and over the last 15 minutes, drift per feature, model versions with metrics and lineage.
+    freshness now and over the last 15 minutes, drift per feature, model versions with metrics and lineage,
+    and this API process's latency per route (and of its Redis reads) over the last minute and 15 minutes.
 
     Parts that are not available are named in `missing` instead of failing the request.
     """
@@ -58,8 +59,10 @@ def dashboard(request: Request) -> dict[str, Any]:
     settings: Settings = getattr(state, "settings", None) or get_settings()
     missing: list[str] = []
     repo, versions = _definitions(state, settings, missing)
+    serving = getattr(state, "serving", None)
     return build_summary(repo, settings.data_dir, versions=versions, models=lambda: _models(settings),
-                         drift=lambda: _drift(state, settings, repo), missing=missing)
+                         drift=lambda: _drift(state, settings, repo),
+                         serving=None if serving is None else serving.latency.summary, missing=missing)
 
 
 def _definitions(state: Any, settings: Settings, missing: list[str]) -> tuple[FeatureRepo | None, dict[str, int]]:

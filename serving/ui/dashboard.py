@@ -4,7 +4,8 @@ Built from what the stores already hold, so the page needs no state of its
 own: definitions and versions from the repo/registry, per-source counts,
 throughput and freshness from the offline event log (every consumed event is
 logged with its status and ingest time), drift and models from their
-registries when those are present. A part that cannot be read is listed in
+registries when those are present, and the answering API process's latency
+per route (`serving.latency`). A part that cannot be read is listed in
 `missing` with the reason instead of failing the page.
 
 Freshness of an applied event is `ingest_time - event_time`: how old an event
@@ -34,7 +35,7 @@ RATE_MS = 60_000
 """Throughput is averaged over the last minute of ingest time."""
 
 Provider = Callable[[], Any]
-"""A zero-argument callable returning one optional section (models, drift); may raise."""
+"""A zero-argument callable returning one optional section (models, drift, serving latency); may raise."""
 
 
 def build_summary(
@@ -44,6 +45,7 @@ def build_summary(
     versions: Mapping[str, Any] | None = None,
     models: Provider | None = None,
     drift: Provider | None = None,
+    serving: Provider | None = None,
     now_ms: int | None = None,
     missing: Sequence[str] = (),
 ) -> dict[str, Any]:
@@ -51,7 +53,8 @@ def build_summary(
     now = int(time.time() * 1000) if now_ms is None else now_ms
     gaps = list(missing)
     doc: dict[str, Any] = {"generated_at": now, "views": [], "services": [], "sources": [], "models": [],
-                           "drift": [], "missing": gaps}
+                           "drift": [], "serving": None, "missing": gaps}
+    _optional(doc, "serving", serving)  # the API's own latency: shown before any apply too
     if repo is None:
         gaps.append("feature registry: no repo applied yet (run `featurestream apply`)")
         return doc
@@ -87,14 +90,19 @@ def build_summary(
             "fingerprint": service.fingerprint[:12],
             "version": versions.get(name),
         })
-    for key, provider in (("models", models), ("drift", drift)):
-        if provider is None:
-            continue
-        try:
-            doc[key] = provider()
-        except Exception as exc:  # optional sections degrade, they never fail the page
-            gaps.append(f"{key}: {_one_line(exc)}")
+    _optional(doc, "models", models)
+    _optional(doc, "drift", drift)
     return doc
+
+
+def _optional(doc: dict[str, Any], key: str, provider: Provider | None) -> None:
+    """Fill an optional section; one that fails is named in `missing`, it never fails the page."""
+    if provider is None:
+        return
+    try:
+        doc[key] = provider()
+    except Exception as exc:
+        doc["missing"].append(f"{key}: {_one_line(exc)}")
 
 
 def source_stats(source: StreamSource | BatchSource, data_dir: Path, now_ms: int) -> dict[str, Any]:

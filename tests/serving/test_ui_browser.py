@@ -2,8 +2,8 @@
 
 The API runs with uvicorn on a free port against the real Redis and broker,
 with the card-fraud repo applied, an event log, and a production model. The
-page must show the feature views, a freshness value and the model version,
-and draw its charts; the screenshot lands in the test's tmp dir (or in
+page must show the feature views, a freshness value, the model version and
+the latency of the requests the test made, and draw its charts; the screenshot lands in the test's tmp dir (or in
 `$FEATURESTREAM_TEST_SCREENSHOTS` when set).
 """
 
@@ -34,14 +34,15 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 def api_url(settings: Settings) -> Iterator[str]:
     """The serving app (with the dashboard) on 127.0.0.1, in a thread of this process."""
     from serving.app import create_app
+    from serving.state import ServingConfig
 
     build_stack(settings)
     _write_monitor_report(settings)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="on"))
+    app = create_app(settings, config=ServingConfig(latency_bucket_s=0.5))  # latency points every 0.5 s
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
@@ -86,6 +87,11 @@ def test_dashboard_shows_views_freshness_and_model_versions(api_url: str, tmp_pa
     assert Path(CHROMIUM).exists(), "install Debian's chromium (scripts/bootstrap.sh does)"
     errors: list[str] = []
     shot = tmp_path / "dashboard.png"
+    for _ in range(30):  # traffic for the latency table and charts
+        reply = httpx.post(f"{api_url}/v1/features", json={"features": ["user_spend:txn_count_1h"],
+                                                            "entities": [{"user_id": "u1"}]})
+        assert reply.status_code == 200, reply.text
+    time.sleep(1.2)  # two latency points closed
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -102,6 +108,9 @@ def test_dashboard_shows_views_freshness_and_model_versions(api_url: str, tmp_pa
             assert page.inner_text("#models tr[data-model=fraud] td.model-version") == "v1"
             assert "production" in page.inner_text("#models")
             assert page.locator("#freshness-chart canvas").count() >= 1, "the freshness chart is drawn"
+            latency = page.inner_text('#latency tr[data-route="POST /v1/features"]')
+            assert re.search(r"\d+\.\d+ ms", latency), latency
+            assert page.locator("#latency-chart canvas").count() >= 1, "the latency chart is drawn"
             drift = page.inner_text("#drift")
             assert "user_spend__txn_count_5m" in drift
             assert "drift" in drift

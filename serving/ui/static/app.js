@@ -101,6 +101,7 @@ function render(doc) {
   rows("models", doc.models, (m) => `<tr data-model="${esc(m.name)}"><td><b>${esc(m.name)}</b></td>
     <td class="model-version">v${esc(m.version)}</td><td>${esc(m.stage ?? "")}</td><td>${tags(m.metrics)}</td>
     <td>${tags(m.lineage)}</td></tr>`, "no models registered");
+  renderLatency(doc.serving);
   renderTimeCharts(doc);
   renderDriftBars(doc.drift);
   document.getElementById("status").textContent =
@@ -120,7 +121,7 @@ function aligned(sources, pick) {
   return data;
 }
 
-function timeChart(id, title, sources, pick, labels) {
+function timeChart(id, title, sources, pick, labels, emptyText) {
   const el = document.getElementById(id);
   const series = [{}];
   sources.forEach((s, i) => pick.forEach((_, j) => series.push({
@@ -132,7 +133,7 @@ function timeChart(id, title, sources, pick, labels) {
   const width = Math.max(el.clientWidth, 300);
   if (!data[0].length) {
     if (charts[id]) { charts[id].destroy(); delete charts[id]; }
-    el.innerHTML = `<p class="muted">no applied events in the last 15 minutes</p>`;
+    el.innerHTML = `<p class="muted">${esc(emptyText)}</p>`;
     return;
   }
   if (charts[id] && charts[id].key === key) {
@@ -149,8 +150,25 @@ function timeChart(id, title, sources, pick, labels) {
 
 function renderTimeCharts(doc) {
   const streams = doc.sources.filter((s) => s.kind === "stream" && Array.isArray(s.series));
-  timeChart("freshness-chart", "seconds", streams, [1, 2], ["p50", "max"]);
-  timeChart("throughput-chart", "events/s", streams, [3], ["events/s"]);
+  const quiet = "no applied events in the last 15 minutes";
+  timeChart("freshness-chart", "seconds", streams, [1, 2], ["p50", "max"], quiet);
+  timeChart("throughput-chart", "events/s", streams, [3], ["events/s"], quiet);
+  const routes = doc.serving ? doc.serving.routes : [];
+  const idle = "no requests since this API process started";
+  timeChart("latency-chart", "ms", routes, [1, 2], ["p50", "p99"], idle);
+  timeChart("requests-chart", "requests/s", routes, [3], ["requests/s"], idle);
+}
+
+// This API process's routes over the last minute (quantiles estimated within histogram buckets).
+function renderLatency(serving) {
+  document.getElementById("latency-scope").textContent = serving
+    ? `(${serving.scope}, last ${serving.last_s} s)` : "";
+  if (serving) document.getElementById("latency-bucket").textContent = serving.bucket_s;
+  const ms = (v) => (v === null || v === undefined ? "–" : `${num(v, v < 10 ? 2 : 1)} ms`);
+  rows("latency", serving ? serving.routes : [], (r) => `<tr data-route="${esc(r.name)}"><td><b>${esc(r.name)}</b></td>
+    <td class="num">${num(r.requests_per_s)}</td><td class="num">${ms(r.p50_ms)}</td>
+    <td class="num">${ms(r.p99_ms)}</td><td class="num">${num(r.server_errors, 0)}</td></tr>`,
+  "no requests since this API process started");
 }
 
 // Drift: one horizontal bar per feature, plain SVG (score relative to the largest).

@@ -1,0 +1,126 @@
+"""The dashboard's latency figures (`serving.latency`) against the raw observations (the oracle), on random
+latencies, routes, statuses and intervals; and on the real app with the real Redis."""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from starlette.testclient import TestClient
+
+from serving.latency import REDIS_READ, LatencyHistory, bucket_quantile
+from serving.telemetry import Metrics
+
+BOUNDS = Metrics().request_seconds.bounds
+latencies = st.floats(min_value=0, max_value=4.0, allow_nan=False)
+quantiles = st.floats(min_value=0.01, max_value=1.0)
+
+
+def _bucket_of(value: float) -> tuple[float, float]:
+    """(lower, upper) bounds of the bucket a value is counted in; above the last bound: (last, last)."""
+    i = bisect_left(BOUNDS, value)
+    return (BOUNDS[-1], BOUNDS[-1]) if i == len(BOUNDS) else (BOUNDS[i - 1] if i else 0.0, BOUNDS[i])
+
+
+def _counts(values: list[float]) -> list[float]:
+    counts = [0.0] * (len(BOUNDS) + 1)
+    for v in values:
+        counts[bisect_left(BOUNDS, v)] += 1
+    return counts
+
+
+def _true_quantile(values: list[float], q: float) -> float:
+    """The nearest-rank quantile: the ceil(q * n)-th smallest value."""
+    return sorted(values)[max(1, math.ceil(q * len(values))) - 1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(latencies, min_size=1, max_size=200), quantiles)
+def test_a_quantile_is_estimated_inside_the_bucket_of_the_true_one(values: list[float], q: float) -> None:
+    lower, upper = _bucket_of(_true_quantile(values, q))
+    estimate = bucket_quantile(BOUNDS, _counts(values), q)
+    assert estimate is not None
+    assert lower <= estimate <= upper
+
+
+def test_no_observations_no_quantile() -> None:
+    assert bucket_quantile(BOUNDS, [0.0] * (len(BOUNDS) + 1), 0.99) is None
+
+
+ROUTES = [("/v1/features", "POST"), ("/v1/predict/{model}", "POST"), ("/v1/dashboard", "GET"), ("/healthz", "GET")]
+observation = st.tuples(st.integers(min_value=0, max_value=8), st.sampled_from(ROUTES),
+                        st.sampled_from(["200", "422", "503"]), latencies)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(observation, max_size=120), st.integers(min_value=1, max_value=9), st.lists(latencies, max_size=30))
+def test_history_matches_the_observations_per_route_and_interval(
+        observations: list[tuple[int, tuple[str, str], str, float]], intervals: int, reads: list[float]) -> None:
+    clock = [0.0]
+    metrics = Metrics()
+    history = LatencyHistory(metrics, bucket_s=10.0, clock=lambda: clock[0])
+    seen: list[tuple[int, str, str, float]] = []
+    for interval in range(intervals + 1):  # the last one is still open when the summary is taken
+        for at, (route, method), status, value in observations:
+            if at == interval:
+                metrics.observe_request(route, method, int(status), value)
+                seen.append((interval, f"{method} {route}", status, value))
+        if interval == 0:
+            for value in reads:
+                metrics.observe_read(value)
+        clock[0] = 10.0 * (interval + 1) if interval < intervals else 10.0 * intervals + 5
+        if interval < intervals:
+            history.snapshot()
+    summary = history.summary(last_s=60.0)
+    routes = {r["name"]: r for r in summary["routes"]}
+    shown = {name for _, name, _, _ in seen if name in ("POST /v1/features", "POST /v1/predict/{model}")}
+    assert set(routes) == shown | ({REDIS_READ} if reads else set())
+    # the last minute starts at the first copy at most 65 s old: interval `first` on
+    first = max(0, intervals - 6)
+    for name in shown:
+        recent = [v for i, n, _, v in seen if n == name and i >= first]
+        route = routes[name]
+        assert route["requests"] == len(recent)
+        assert route["server_errors"] == sum(1 for i, n, s, _ in seen if n == name and i >= first and s == "503")
+        assert route["requests_per_s"] == pytest.approx(len(recent) / (10.0 * (intervals - first) + 5), abs=0.01)
+        if recent:
+            lower, upper = _bucket_of(_true_quantile(recent, 0.99))
+            assert lower * 1000 - 1e-3 <= route["p99_ms"] <= upper * 1000 + 1e-3
+        assert len(route["series"]) == intervals
+        for k, (t, p50, p99, rps) in enumerate(route["series"]):
+            closed = [v for i, n, _, v in seen if n == name and i == k]
+            assert t == 10.0 * (k + 1)
+            assert rps == pytest.approx(len(closed) / 10.0)
+            if closed:
+                lower, upper = _bucket_of(_true_quantile(closed, 0.5))
+                assert p50 is not None
+                assert lower * 1000 - 1e-3 <= p50 <= upper * 1000 + 1e-3
+            else:
+                assert (p50, p99) == (None, None)
+    if reads:
+        assert routes[REDIS_READ]["series"][0][3] == pytest.approx(len(reads) / 10.0)
+
+
+@pytest.mark.integration
+def test_the_dashboard_shows_the_feature_route_and_redis_latency(client: TestClient) -> None:
+    for _ in range(20):
+        assert client.post("/v1/features", json={"service": "svc", "entities": [{"user_id": "u1"}],
+                                                 "request": {"amount": 1.0}}).status_code == 200
+    assert client.post("/v1/features", json={"service": "nope", "entities": [{"user_id": "u1"}]}).status_code == 404
+    client.app.state.serving.latency.snapshot()  # type: ignore[attr-defined]  # what the lifespan does every 10 s
+    serving = client.get("/v1/dashboard").json()["serving"]
+    routes = {r["name"]: r for r in serving["routes"]}
+    assert set(routes) == {"POST /v1/features", REDIS_READ}, "the dashboard's own polling is not shown"
+    features = routes["POST /v1/features"]
+    assert features["requests"] == 21
+    assert features["server_errors"] == 0
+    assert 0 < features["p50_ms"] <= features["p99_ms"] < 2_500
+    assert routes[REDIS_READ]["requests"] == 20
+    [(_, p50, p99, per_s)] = features["series"]  # the one interval closed by the copy above
+    assert p50 is not None
+    assert p99 is not None
+    assert per_s > 0
+    assert "pid" in serving["scope"]
