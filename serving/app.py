@@ -32,8 +32,8 @@ from feature_store.registry import DefinitionsWatch, load_live_repo
 from feature_store.repo import FeatureRepo
 from feature_store.settings import Settings
 from serving.errors import install_error_handlers
+from serving.history import ServingHistory
 from serving.hot_path import HotRoutes
-from serving.latency import LatencyHistory
 from serving.model_cache import ModelCache
 from serving.prediction_log import PredictionLog
 from serving.routers import features, health, labels, models, monitoring, predict, push, ui
@@ -115,7 +115,7 @@ def create_app(settings: Settings, repo: FeatureRepo | None = None, *, repo_path
         await state.prediction_log.start()
         follow = None if watch is None else asyncio.create_task(
             _follow_definitions(app, watch, config.definitions_poll_s))
-        history = asyncio.create_task(state.latency.run())  # the dashboard's latency charts
+        history = asyncio.create_task(state.history.run())  # the dashboard's serving section
         log.info("serving_started", redis=bool(settings.redis), kafka=bool(settings.kafka),
                  services=sorted(state.repo.services), models=len(registry.names()))
         try:
@@ -150,7 +150,7 @@ def create_app(settings: Settings, repo: FeatureRepo | None = None, *, repo_path
         model_cache=ModelCache(registry, ttl_s=config.model_ttl_s),
         prediction_log=PredictionLog(settings.kafka, metrics, topic=config.prediction_topic,
                                      partitions=settings.partitions, max_buffered=config.prediction_buffer),
-        latency=LatencyHistory(metrics, bucket_s=config.latency_bucket_s),
+        history=ServingHistory(metrics, bucket_s=config.history_bucket_s),
     )
     # what the dashboard router (serving/routers/ui.py) reads from app.state
     app.state.settings = settings

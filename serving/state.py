@@ -15,7 +15,7 @@ from feature_store.online.client import OnlineClient
 from feature_store.publish import EventPublisher
 from feature_store.repo import FeatureRepo
 from feature_store.settings import Settings
-from serving.latency import LatencyHistory
+from serving.history import ServingHistory
 from serving.model_cache import ModelCache
 from serving.prediction_log import PredictionLog
 from serving.telemetry import Metrics
@@ -38,7 +38,7 @@ class ServingConfig:
     definitions_poll_s: float = 2.0  # how often an app built from the registry looks for a new apply (0: never)
     max_push_events: int = 10_000
     push_retry_s: float = 5.0
-    latency_bucket_s: float = 10.0  # the dashboard's latency charts: one point per this many seconds
+    history_bucket_s: float = 10.0  # the dashboard's serving charts: one point per this many seconds
 
 
 @dataclass
@@ -50,7 +50,7 @@ class ServingState:
     models: ModelRegistry
     model_cache: ModelCache
     prediction_log: PredictionLog
-    latency: LatencyHistory
+    history: ServingHistory
     redis: OnlineClient | None = None
     reader: OnlineReader | None = None
     _queries: dict[Any, FeatureQuery] = field(default_factory=dict)

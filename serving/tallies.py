@@ -39,6 +39,10 @@ class CounterTally:
     def inc(self, labels: Labels, amount: float = 1) -> None:
         self._values[labels] = self._values.get(labels, 0) + amount
 
+    def values(self) -> dict[Labels, float]:
+        """A copy of every series' value."""
+        return dict(self._values)
+
     def describe(self) -> Iterator[Metric]:
         yield CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
 

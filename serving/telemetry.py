@@ -21,7 +21,7 @@ from serving.tallies import CounterTally, HistogramTally
 __all__ = ["Metrics", "MetricsMiddleware"]
 
 # fine below 10 ms, where the serving targets are (1.5 ms for one entity, 10 ms for 100): the dashboard's
-# quantiles are estimated within a bucket (`serving.latency`)
+# quantiles are estimated within a bucket (`serving.history`)
 _LATENCY_BUCKETS = (0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05,
                     0.1, 0.25, 0.5, 1.0, 2.5)
 _AGE_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 86400, 7 * 86400, 30 * 86400)

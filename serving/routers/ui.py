@@ -62,7 +62,7 @@ def dashboard(request: Request) -> dict[str, Any]:
     serving = getattr(state, "serving", None)
     return build_summary(repo, settings.data_dir, versions=versions, models=lambda: _models(settings),
                          drift=lambda: _drift(state, settings, repo),
-                         serving=None if serving is None else serving.latency.summary, missing=missing)
+                         serving=None if serving is None else serving.history.summary, missing=missing)
 
 
 def _definitions(state: Any, settings: Settings, missing: list[str]) -> tuple[FeatureRepo | None, dict[str, int]]:

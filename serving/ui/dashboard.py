@@ -4,9 +4,10 @@ Built from what the stores already hold, so the page needs no state of its
 own: definitions and versions from the repo/registry, per-source counts,
 throughput and freshness from the offline event log (every consumed event is
 logged with its status and ingest time), drift and models from their
-registries when those are present, and the answering API process's latency
-per route (`serving.latency`). A part that cannot be read is listed in
-`missing` with the reason instead of failing the page.
+registries when those are present, and what the answering API process
+served recently: latency per route, served features' statuses and ages
+(`serving.history`). A part that cannot be read is listed in `missing` with
+the reason instead of failing the page.
 
 Freshness of an applied event is `ingest_time - event_time`: how old an event
 is when it becomes servable. The chart shows its median and maximum per
@@ -35,7 +36,7 @@ RATE_MS = 60_000
 """Throughput is averaged over the last minute of ingest time."""
 
 Provider = Callable[[], Any]
-"""A zero-argument callable returning one optional section (models, drift, serving latency); may raise."""
+"""A zero-argument callable returning one optional section (models, drift, serving); may raise."""
 
 
 def build_summary(

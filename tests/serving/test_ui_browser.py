@@ -3,7 +3,8 @@
 The API runs with uvicorn on a free port against the real Redis and broker,
 with the card-fraud repo applied, an event log, and a production model. The
 page must show the feature views, a freshness value, the model version and
-the latency of the requests the test made, and draw its charts; the screenshot lands in the test's tmp dir (or in
+the latency and served features of the requests the test made, and draw its
+charts; the screenshot lands in the test's tmp dir (or in
 `$FEATURESTREAM_TEST_SCREENSHOTS` when set).
 """
 
@@ -41,7 +42,7 @@ def api_url(settings: Settings) -> Iterator[str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    app = create_app(settings, config=ServingConfig(latency_bucket_s=0.5))  # latency points every 0.5 s
+    app = create_app(settings, config=ServingConfig(history_bucket_s=0.5))  # chart points every 0.5 s
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
@@ -111,6 +112,8 @@ def test_dashboard_shows_views_freshness_and_model_versions(api_url: str, tmp_pa
             latency = page.inner_text('#latency tr[data-route="POST /v1/features"]')
             assert re.search(r"\d+\.\d+ ms", latency), latency
             assert page.locator("#latency-chart canvas").count() >= 1, "the latency chart is drawn"
+            served = page.inner_text('#served tr[data-feature="user_spend:txn_count_1h"]')
+            assert re.search(r"\d+\.\d %", served), served
             drift = page.inner_text("#drift")
             assert "user_spend__txn_count_5m" in drift
             assert "drift" in drift

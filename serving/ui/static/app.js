@@ -101,7 +101,7 @@ function render(doc) {
   rows("models", doc.models, (m) => `<tr data-model="${esc(m.name)}"><td><b>${esc(m.name)}</b></td>
     <td class="model-version">v${esc(m.version)}</td><td>${esc(m.stage ?? "")}</td><td>${tags(m.metrics)}</td>
     <td>${tags(m.lineage)}</td></tr>`, "no models registered");
-  renderLatency(doc.serving);
+  renderServing(doc.serving);
   renderTimeCharts(doc);
   renderDriftBars(doc.drift);
   document.getElementById("status").textContent =
@@ -159,16 +159,25 @@ function renderTimeCharts(doc) {
   timeChart("requests-chart", "requests/s", routes, [3], ["requests/s"], idle);
 }
 
-// This API process's routes over the last minute (quantiles estimated within histogram buckets).
-function renderLatency(serving) {
-  document.getElementById("latency-scope").textContent = serving
-    ? `(${serving.scope}, last ${serving.last_s} s)` : "";
+// What this API process served over the last minute: latency per route (quantiles estimated within histogram
+// buckets) and each feature's statuses and ages.
+function renderServing(serving) {
+  const scope = serving ? `(${serving.scope}, last ${serving.last_s} s)` : "";
+  document.getElementById("latency-scope").textContent = scope;
+  document.getElementById("served-scope").textContent = scope;
   if (serving) document.getElementById("latency-bucket").textContent = serving.bucket_s;
   const ms = (v) => (v === null || v === undefined ? "–" : `${num(v, v < 10 ? 2 : 1)} ms`);
   rows("latency", serving ? serving.routes : [], (r) => `<tr data-route="${esc(r.name)}"><td><b>${esc(r.name)}</b></td>
     <td class="num">${num(r.requests_per_s)}</td><td class="num">${ms(r.p50_ms)}</td>
     <td class="num">${ms(r.p99_ms)}</td><td class="num">${num(r.server_errors, 0)}</td></tr>`,
   "no requests since this API process started");
+  // shares of values not served fresh: above 5% they are flagged
+  const pct = (v, flag) => `<td class="num ${flag && v > 0.05 ? "fresh-bad" : ""}">${num(100 * v, 1)} %</td>`;
+  rows("served", serving ? serving.features : [], (f) => `<tr data-feature="${esc(f.feature)}"><td>${esc(f.feature)}</td>
+    <td class="num">${num(f.values_per_s)}</td>${pct(f.share.present, false)}${pct(f.share.default, true)}
+    ${pct(f.share.stale, true)}${pct(f.share.missing, true)}
+    <td class="num">${age(f.age_p50_s)}</td><td class="num">${age(f.age_p99_s)}</td></tr>`,
+  "no features served in the last minute");
 }
 
 // Drift: one horizontal bar per feature, plain SVG (score relative to the largest).
