@@ -1,8 +1,9 @@
 """What this API process served recently, for the dashboard: from the tallies it keeps for Prometheus anyway.
 
 Why: an operator without a Prometheus server still wants to see how fast the
-API answers, whether Redis is what slows it, and which features come back
-missing, defaulted or stale. The tallies (`serving.telemetry`) count every
+API answers, whether Redis is what slows it, which features come back
+missing, defaulted or stale, and which model versions answer (after a
+promotion or a rollback) and how often their fallback does. The tallies (`serving.telemetry`) count every
 request and served value, so a copy of their counts every `bucket_s` seconds
 gives one histogram per interval, at no cost on the request path. Quantiles
 are estimated within a bucket, linearly, as Prometheus's `histogram_quantile`
@@ -42,12 +43,14 @@ _Counts = dict[str, list[float]]
 @dataclass(frozen=True)
 class _Copy:
     """The tallies at one moment: per route bucket counts then the 5xx count; per feature its statuses'
-    counts; per feature the age histogram's bucket counts."""
+    counts; per feature the age histogram's bucket counts; per (model, version) predictions, then those the
+    fallback answered."""
 
     at: float
     routes: _Counts
     statuses: _Counts
     ages: _Counts
+    predictions: dict[tuple[str, int], list[float]]
 
 
 def bucket_quantile(bounds: Sequence[float], counts: Sequence[float], q: float) -> float | None:
@@ -95,12 +98,14 @@ class ServingHistory:
     def summary(self, last_s: float = 60.0) -> dict[str, Any]:
         """Over the last `last_s`: per route (and the Redis read) requests/s, p50/p99 and 5xx, with a series of
         [time s, p50 ms, p99 ms, requests/s] per copy interval over the window; per served feature values/s,
-        the share of each status and the age p50/p99 (seconds)."""
+        the share of each status and the age p50/p99 (seconds); per model version predictions/s and the share
+        its fallback answered."""
         now = self._copy()
         base = next((c for c in self._copies if c.at >= now.at - last_s - self.bucket_s / 2), self._copies[-1])
         elapsed = max(now.at - base.at, 1e-9)
         return {"scope": f"this API process (pid {os.getpid()})", "last_s": last_s, "bucket_s": self.bucket_s,
-                "routes": self._routes(now, base, elapsed), "features": self._features(now, base, elapsed)}
+                "routes": self._routes(now, base, elapsed), "features": self._features(now, base, elapsed),
+                "models": self._models(now, base, elapsed)}
 
     def _routes(self, now: _Copy, base: _Copy, elapsed: float) -> list[dict[str, Any]]:
         bounds = self._metrics.request_seconds.bounds
@@ -136,6 +141,17 @@ class ServingHistory:
                         "age_p99_s": bucket_quantile(bounds, ages, 0.99)})
         return out
 
+    @staticmethod
+    def _models(now: _Copy, base: _Copy, elapsed: float) -> list[dict[str, Any]]:
+        out = []
+        for (model, version), counts in sorted(now.predictions.items()):
+            answered, by_fallback = _minus(counts, base.predictions.get((model, version)), 2)
+            if answered:
+                out.append({"model": model, "version": version, "predictions": int(answered),
+                            "predictions_per_s": round(answered / elapsed, 2),
+                            "fallback_share": round(by_fallback / answered, 4)})
+        return out
+
     def _copy(self) -> _Copy:
         routes: _Counts = {}
         for (route, method, status), counts in self._metrics.request_seconds.counts().items():
@@ -153,7 +169,15 @@ class ServingHistory:
         for (feature, status), n in self._metrics.feature_values.values().items():
             statuses.setdefault(feature, [0.0] * len(STATUSES))[STATUSES.index(status)] += n
         ages = {feature: counts for (feature,), counts in self._metrics.feature_age_seconds.counts().items()}
-        return _Copy(self._clock(), routes, statuses, ages)
+        predictions: dict[tuple[str, int], list[float]] = {}
+        for family in self._metrics.predictions.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    labels = sample.labels
+                    into = predictions.setdefault((labels["model"], int(labels["version"])), [0.0, 0.0])
+                    into[0] += sample.value
+                    into[1] += sample.value if labels["fallback"] == "true" else 0.0
+        return _Copy(self._clock(), routes, statuses, ages, predictions)
 
 
 def _minus(after: list[float] | None, before: list[float] | None, width: int) -> list[float]:

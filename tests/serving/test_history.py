@@ -159,6 +159,36 @@ def test_served_features_match_the_observations(
             assert got["age_p50_s"] is None
 
 
+answered = st.tuples(st.integers(min_value=0, max_value=8), st.sampled_from([("fraud", 1), ("fraud", 2), ("churn", 1)]),
+                    st.booleans(), st.integers(min_value=0, max_value=50))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(answered, max_size=60), st.integers(min_value=1, max_value=9))
+def test_predictions_per_model_version_match_the_observations(
+        observations: list[tuple[int, tuple[str, int], bool, int]], intervals: int) -> None:
+    def observe(metrics: Metrics, interval: int) -> None:
+        for at, (model, version), fallback, n in observations:
+            if at == interval:
+                metrics.count_predictions(model, version, fallback, n)
+
+    summary = _replay(intervals, observe)
+    first = _first_recent(intervals)
+    expected: dict[tuple[str, int], list[int]] = {}
+    for at, key, fallback, n in observations:
+        if first <= at <= intervals:
+            into = expected.setdefault(key, [0, 0])
+            into[0] += n
+            into[1] += n if fallback else 0
+    got = {(m["model"], m["version"]): m for m in summary["models"]}
+    assert set(got) == {key for key, (n, _) in expected.items() if n}
+    for key, model in got.items():
+        n, by_fallback = expected[key]
+        assert model["predictions"] == n
+        assert model["fallback_share"] == pytest.approx(by_fallback / n, abs=1e-4)
+        assert model["predictions_per_s"] == pytest.approx(n / (10.0 * (intervals - first) + 5), abs=0.01)
+
+
 @pytest.mark.integration
 def test_the_dashboard_shows_routes_redis_and_served_features(client: TestClient, store: OnlineWriter) -> None:
     store.latest(last, "u1", time.time_ns() // 1_000_000 - 2_000, [5.0, "FR"])  # u2 has none

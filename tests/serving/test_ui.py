@@ -62,7 +62,7 @@ def build_stack(settings: Settings, *, events: int = 1200, now_ms: int | None = 
     pq.write_table(profiles_table(50, start_ms=now - 60 * 86_400_000), profiles)
     models = ModelRegistry.from_settings(settings)
     version = models.register(
-        "fraud", "0.02 + 0.001 * amount", flavor="rule", feature_service="fraud_detection",
+        "fraud", "0.02 + 0.001 * amount", flavor="rule", feature_service="fraud_detection", fallback="0.05",
         features=["amount"], metrics={"roc_auc": 0.81, "log_loss": 0.29},
         training_set_ref="training/fraud_detection.parquet", data_range=(now - 3_600_000, now), actor="test")
     models.promote("fraud", version.version, "production", actor="test")

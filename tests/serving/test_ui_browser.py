@@ -92,6 +92,10 @@ def test_dashboard_shows_views_freshness_and_model_versions(api_url: str, tmp_pa
         reply = httpx.post(f"{api_url}/v1/features", json={"features": ["user_spend:txn_count_1h"],
                                                             "entities": [{"user_id": "u1"}]})
         assert reply.status_code == 200, reply.text
+    for _ in range(5):
+        reply = httpx.post(f"{api_url}/v1/predict/fraud", json={
+            "entities": [{"user_id": "u1", "merchant_id": "m1"}], "request": {"amount": 20.0}})
+        assert reply.status_code == 200, reply.text
     time.sleep(1.2)  # two latency points closed
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -107,6 +111,8 @@ def test_dashboard_shows_views_freshness_and_model_versions(api_url: str, tmp_pa
             freshness = page.inner_text("#views tr[data-view=user_spend] td.freshness")
             assert re.fullmatch(r"\d+(\.\d)? (s|min)", freshness), freshness
             assert page.inner_text("#models tr[data-model=fraud] td.model-version") == "v1"
+            answered = page.inner_text("#models tr[data-model=fraud] td.predictions")
+            assert re.fullmatch(r"\d+\.\d \(100\.0 % fallback\)", answered), answered  # u1 lacks features
             assert "production" in page.inner_text("#models")
             assert page.locator("#freshness-chart canvas").count() >= 1, "the freshness chart is drawn"
             latency = page.inner_text('#latency tr[data-route="POST /v1/features"]')

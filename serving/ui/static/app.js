@@ -98,8 +98,17 @@ function render(doc) {
     <td class="num ${freshClass(s.freshness_s, s.kind)}">${age(s.freshness_s)}</td></tr>`, "no sources");
   rows("drift", doc.drift, (d) => `<tr><td>${esc(d.feature)}</td><td>${badge(d.status)}</td>
     <td class="num">${num(d.score, 3)}</td><td>${tags(d.detail)}</td></tr>`, "no drift data yet");
-  rows("models", doc.models, (m) => `<tr data-model="${esc(m.name)}"><td><b>${esc(m.name)}</b></td>
-    <td class="model-version">v${esc(m.version)}</td><td>${esc(m.stage ?? "")}</td><td>${tags(m.metrics)}</td>
+  // this API process's answers per version over the last minute, and how many its fallback gave
+  const answers = new Map((doc.serving ? doc.serving.models : []).map((p) => [`${p.model}\u0000${p.version}`, p]));
+  const answered = (m) => {
+    const p = answers.get(`${m.name}\u0000${m.version}`);
+    if (!p) return "–";
+    const fallback = p.fallback_share > 0 ? ` <span class="fresh-bad">(${num(100 * p.fallback_share, 1)} % fallback)</span>` : "";
+    return num(p.predictions_per_s) + fallback;
+  };
+  rows("models", doc.models, (m) => `<tr data-model="${esc(m.name)}" data-version="${esc(m.version)}"><td><b>${esc(m.name)}</b></td>
+    <td class="model-version">v${esc(m.version)}</td><td>${esc(m.stage ?? "")}</td>
+    <td class="num predictions">${answered(m)}</td><td>${tags(m.metrics)}</td>
     <td>${tags(m.lineage)}</td></tr>`, "no models registered");
   renderServing(doc.serving);
   renderTimeCharts(doc);
