@@ -51,7 +51,8 @@ def ui_static(name: str) -> FileResponse:
 def dashboard(request: Request) -> dict[str, Any]:
     """Views and services with versions, per-source counts (applied/late/invalid = DLQ), throughput,
     freshness now and over the last 15 minutes, drift per feature, model versions with metrics and lineage,
-    and this API process's latency per route (and of its Redis reads) over the last minute and 15 minutes.
+    and what this API process served (`serving.history`): latency per route and of its Redis reads, served
+    features' statuses and ages, predictions per model version.
 
     Parts that are not available are named in `missing` instead of failing the request.
     """

@@ -5,8 +5,8 @@ own: definitions and versions from the repo/registry, per-source counts,
 throughput and freshness from the offline event log (every consumed event is
 logged with its status and ingest time), drift and models from their
 registries when those are present, and what the answering API process
-served recently: latency per route, served features' statuses and ages
-(`serving.history`). A part that cannot be read is listed in `missing` with
+served recently: latency per route, served features' statuses and ages,
+predictions per model version (`serving.history`). A part that cannot be read is listed in `missing` with
 the reason instead of failing the page.
 
 Freshness of an applied event is `ingest_time - event_time`: how old an event
@@ -55,7 +55,7 @@ def build_summary(
     gaps = list(missing)
     doc: dict[str, Any] = {"generated_at": now, "views": [], "services": [], "sources": [], "models": [],
                            "drift": [], "serving": None, "missing": gaps}
-    _optional(doc, "serving", serving)  # the API's own latency: shown before any apply too
+    _optional(doc, "serving", serving)  # what the API served: shown before any apply too
     if repo is None:
         gaps.append("feature registry: no repo applied yet (run `featurestream apply`)")
         return doc
