@@ -124,7 +124,7 @@ async def _throughput(bootstrap: str, redis_url: str, data_dir: Path, repo: Any,
     await materializer.start()
     task = asyncio.create_task(materializer.run())
     first_batch = time.perf_counter()
-    while _consumed(materializer) < total:
+    while materializer.consumed() < total:
         await asyncio.sleep(0.01)
         if task.done():
             task.result()
@@ -137,15 +137,6 @@ async def _throughput(bootstrap: str, redis_url: str, data_dir: Path, repo: Any,
     script_s = (await _script_usec(redis_url) - script_before) / 1e6
     return {"events_per_s": round(total / (end - start)), "seconds": round(end - start, 3), "applied": applied[0],
             "redis_script_seconds": round(script_s, 3), "cpu_seconds": round(cpu_s, 3)}
-
-
-def _consumed(materializer: Materializer) -> int:
-    total = 0.0
-    for metric in materializer.metrics.events.collect():
-        for sample in metric.samples:
-            if sample.name.endswith("_total"):
-                total += sample.value
-    return int(total)
 
 
 def _produce_at_rate(bootstrap: str, topic: str, rate: float, seconds: float, sent: Any,

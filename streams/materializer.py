@@ -28,10 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pyarrow as pa
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
 
 from feature_store.aggregates import NO_ORDER
 from feature_store.definitions import FeatureView, StreamSource
@@ -43,6 +45,7 @@ from feature_store.online.keys import KeyLayout
 from feature_store.online.writer import NO_OFFSET, OnlineWriter, PartitionBatch
 from feature_store.publish import ensure_topics
 from feature_store.repo import FeatureRepo
+from feature_store.worker_reports import worker_name
 from schemas import now_ms
 from schemas.event_schema import TableValidation
 from streams.batch import APPLIED, INVALID, LATE, Classified, applied_table, classify, log_schema, log_table
@@ -82,6 +85,7 @@ class MaterializerConfig:
     min_fetch_interval_ms: int = 40
     log_max_rows: int = 100_000
     log_max_age_s: float = 5.0
+    report_every_s: float = 5.0  # how often the worker's status report is written (`feature_store.worker_reports`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +172,9 @@ class Materializer:
         self._consumer: AIOKafkaConsumer | None = None
         self._intake: Intake | None = None  # drains the consumer into the next batch, from start() to stop()
         self._producer: AIOKafkaProducer | None = None
+        self.name = worker_name()
+        self._started_ms = 0
+        self._reporting: asyncio.Task[None] | None = None
 
     @property
     def topics(self) -> list[str]:
@@ -204,7 +211,9 @@ class Materializer:
         # what exists now lives as long as the worker: out of every collection, and collections rare
         # (`feature_store.heap`: full ones walked every client, module and plan, ~100 ms: freshness outliers)
         self._heap.enter_context(long_lived_heap())
-        log.info("worker started", topics=self.topics, group=c.group_id)
+        self._started_ms = now_ms()
+        self._reporting = asyncio.create_task(self._report_status(), name="featurestream-worker-report")
+        log.info("worker started", topics=self.topics, group=c.group_id, worker=self.name)
 
     def _warm_up(self) -> None:
         """Run the batch code once on empty batches: the first real batch would otherwise pay ~0.3 s of
@@ -219,6 +228,7 @@ class Materializer:
         """Flush the event log and close every client (safe to call twice)."""
         self._stopping.set()
         self._heap.close()
+        await self._withdraw_report()
         async with self._lock:
             await self._drain()
             for source in self._sources.values():
@@ -545,6 +555,53 @@ class Materializer:
                 await asyncio.sleep(_RETRY_S[min(attempt, len(_RETRY_S) - 1)])
         self.metrics.dead_letters.labels(source.name).inc(len(todo))
 
+    # -- status report -----------------------------------------------------------------
+
+    def report(self, events_per_s: float) -> dict[str, Any]:
+        """This worker's status: the partitions it holds with their next offset and lag (from the fetch
+        highwater), and its counts."""
+        partitions = []
+        for tp, part in sorted(self._parts.items(), key=lambda item: (item[0].topic, item[0].partition)):
+            highwater = None if self._consumer is None else self._consumer.highwater(tp)
+            partitions.append({"source": part.source.source.name, "partition": tp.partition,
+                               "next_offset": part.next_offset,
+                               "lag": None if highwater is None else max(0, highwater - part.next_offset)})
+        return {"worker": self.name, "group": self.config.group_id, "sources": sorted(
+                    src.source.name for src in self._sources.values()),
+                "started_at": self._started_ms, "updated_at": now_ms(), "every_s": self.config.report_every_s,
+                "partitions": partitions, "events_per_s": round(events_per_s, 1), "events": self.consumed(),
+                "dead_letters": int(_total(self.metrics.dead_letters)), "fenced": int(_total(self.metrics.fenced))}
+
+    def consumed(self) -> int:
+        """Events consumed so far, whatever their status."""
+        return int(_total(self.metrics.events))
+
+    async def _report_status(self) -> None:
+        """Write the status report every `report_every_s` until stopped (a failed write is retried next time)."""
+        assert self._redis is not None
+        before, counted = time.monotonic(), self.consumed()
+        while True:
+            now, events = time.monotonic(), self.consumed()
+            rate = (events - counted) / (now - before) if now > before else 0.0
+            before, counted = now, events
+            try:
+                await self._redis.hset(self.keys.workers_key, self.name, orjson.dumps(self.report(rate)))
+            except (RedisError, OSError) as exc:
+                log.debug("status report not written", error=type(exc).__name__)
+            await asyncio.sleep(self.config.report_every_s)
+
+    async def _withdraw_report(self) -> None:
+        """Stop reporting and remove the report: a stopped worker is not shown as stale."""
+        task, self._reporting = self._reporting, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if self._redis is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._redis.hdel(self.keys.workers_key, self.name)
+
     def _update_lag(self) -> None:
         if self._consumer is None:
             return
@@ -558,6 +615,12 @@ class Materializer:
             if highwater is not None:
                 self.metrics.lag.labels(part.source.source.name, str(tp.partition)).set(
                     max(0, highwater - part.next_offset))
+
+
+def _total(counter: Any) -> float:
+    """The sum of a prometheus_client counter's series."""
+    return float(sum(sample.value for metric in counter.collect() for sample in metric.samples
+                     if sample.name.endswith("_total")))
 
 
 def _first_above(offsets: Sequence[int], offset: int) -> int:

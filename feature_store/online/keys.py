@@ -2,6 +2,7 @@
 
     <prefix>:v1:{<source>:<p>}:<view>.<state>:<entity>:<series>   state of one entity
     <prefix>:v1:{<source>:<p>}:offset                              last applied offset
+    <prefix>:v1:workers                                            stream workers' status reports
 
 `{<source>:<p>}` is a Redis Cluster hash tag: everything one source
 partition writes lives in one slot, so the stream worker's script touches
@@ -84,6 +85,11 @@ class KeyLayout:
         series = "latest" if hop_ms is None else f"h{format_ms(hop_ms)}"
         return (f"{self.prefix}:{KEY_VERSION}:{self.tag(view.source, partition)}:{view.name}.{view.state_fingerprint}:",
                 f":{series}")
+
+    @property
+    def workers_key(self) -> str:
+        """One hash of the stream workers' status reports, a field per worker (`feature_store.worker_reports`)."""
+        return f"{self.prefix}:{KEY_VERSION}:workers"
 
     def partitions_to_read(self, view: FeatureView, entity: str | int) -> list[int]:
         """Partitions holding state of `entity` for `view`: one when co-partitioned, else all."""

@@ -51,6 +51,7 @@ def ui_static(name: str) -> FileResponse:
 def dashboard(request: Request) -> dict[str, Any]:
     """Views and services with versions, per-source counts (applied/late/invalid = DLQ), throughput,
     freshness now and over the last 15 minutes, drift per feature, model versions with metrics and lineage,
+    the stream workers with the partitions each holds, their lag and rate,
     and what this API process served (`serving.history`): latency per route and of its Redis reads, served
     features' statuses and ages, predictions per model version.
 
@@ -62,7 +63,7 @@ def dashboard(request: Request) -> dict[str, Any]:
     repo, versions = _definitions(state, settings, missing)
     serving = getattr(state, "serving", None)
     return build_summary(repo, settings.data_dir, versions=versions, models=lambda: _models(settings),
-                         drift=lambda: _drift(state, settings, repo),
+                         drift=lambda: _drift(state, settings, repo), workers=lambda: _workers(state, settings),
                          serving=None if serving is None else serving.history.summary, missing=missing)
 
 
@@ -114,14 +115,11 @@ def _drift(state: Any, settings: Settings, repo: FeatureRepo | None) -> list[dic
         return []
     import orjson
 
-    from feature_store.online.client import open_online_sync
     from feature_store.training.live import LiveKeys
 
-    serving = getattr(state, "serving", None)
-    keys = LiveKeys(getattr(getattr(serving, "config", None), "key_prefix", None) or settings.online_prefix)
+    keys = LiveKeys(_prefix(state, settings))
     out = []
-    with open_online_sync(settings.redis, cluster=settings.redis_cluster, socket_timeout=1.0,
-                      socket_connect_timeout=1.0) as client:
+    with _redis(settings) as client:
         for service in sorted(repo.services):
             raw = client.get(keys.monitor(service))
             if not raw:
@@ -132,6 +130,34 @@ def _drift(state: Any, settings: Settings, repo: FeatureRepo | None) -> list[dic
                             "detail": {k: d[k] for k in ("ks_statistic", "served_count", "served_null_rate")
                                        if d.get(k) is not None}})
     return out
+
+
+def _workers(state: Any, settings: Settings) -> list[dict[str, Any]]:
+    """The stream workers' status reports in Redis: partitions held, lag, events/s, stale when silent."""
+    import time
+
+    from feature_store.online import KeyLayout
+    from feature_store.worker_reports import read_reports
+
+    if not settings.redis:
+        return []
+    with _redis(settings) as client:
+        return read_reports(client, KeyLayout(_prefix(state, settings)), time.time_ns() // 1_000_000)
+
+
+def _prefix(state: Any, settings: Settings) -> str:
+    """The online store's key prefix this app reads (a test app may use its own)."""
+    serving = getattr(state, "serving", None)
+    return getattr(getattr(serving, "config", None), "key_prefix", None) or settings.online_prefix
+
+
+def _redis(settings: Settings) -> Any:
+    """A short-lived client with short timeouts: a dead Redis costs the page a second, not a hang."""
+    from feature_store.online.client import open_online_sync
+
+    assert settings.redis is not None
+    return open_online_sync(settings.redis, cluster=settings.redis_cluster, socket_timeout=1.0,
+                            socket_connect_timeout=1.0)
 
 
 def _iso(ms: int) -> str:

@@ -4,7 +4,8 @@ Built from what the stores already hold, so the page needs no state of its
 own: definitions and versions from the repo/registry, per-source counts,
 throughput and freshness from the offline event log (every consumed event is
 logged with its status and ingest time), drift and models from their
-registries when those are present, and what the answering API process
+registries when those are present, the stream workers' status reports
+(`feature_store.worker_reports`), and what the answering API process
 served recently: latency per route, served features' statuses and ages,
 predictions per model version (`serving.history`). A part that cannot be read is listed in `missing` with
 the reason instead of failing the page.
@@ -36,7 +37,7 @@ RATE_MS = 60_000
 """Throughput is averaged over the last minute of ingest time."""
 
 Provider = Callable[[], Any]
-"""A zero-argument callable returning one optional section (models, drift, serving); may raise."""
+"""A zero-argument callable returning one optional section (models, drift, workers, serving); may raise."""
 
 
 def build_summary(
@@ -46,6 +47,7 @@ def build_summary(
     versions: Mapping[str, Any] | None = None,
     models: Provider | None = None,
     drift: Provider | None = None,
+    workers: Provider | None = None,
     serving: Provider | None = None,
     now_ms: int | None = None,
     missing: Sequence[str] = (),
@@ -54,7 +56,7 @@ def build_summary(
     now = int(time.time() * 1000) if now_ms is None else now_ms
     gaps = list(missing)
     doc: dict[str, Any] = {"generated_at": now, "views": [], "services": [], "sources": [], "models": [],
-                           "drift": [], "serving": None, "missing": gaps}
+                           "drift": [], "workers": [], "serving": None, "missing": gaps}
     _optional(doc, "serving", serving)  # what the API served: shown before any apply too
     if repo is None:
         gaps.append("feature registry: no repo applied yet (run `featurestream apply`)")
@@ -93,6 +95,7 @@ def build_summary(
         })
     _optional(doc, "models", models)
     _optional(doc, "drift", drift)
+    _optional(doc, "workers", workers)
     return doc
 
 

@@ -65,10 +65,11 @@ def api_url(settings: Settings) -> Iterator[str]:
 
 
 def _write_monitor_report(settings: Settings) -> None:
-    """The drift report the worker's monitor hub keeps in Redis for a service."""
+    """The drift report the worker's monitor hub keeps in Redis for a service, and a worker's status report."""
     import orjson
     import redis
 
+    from feature_store.online import KeyLayout
     from feature_store.training.live import LiveKeys
 
     def drift(feature: str, psi: float, status: str) -> dict[str, object]:
@@ -78,8 +79,12 @@ def _write_monitor_report(settings: Settings) -> None:
     report = {"service": "fraud_detection", "status": "drift", "features": {
         "user_spend__amount_sum_1h": drift("user_spend__amount_sum_1h", 0.04, "ok"),
         "user_spend__txn_count_5m": drift("user_spend__txn_count_5m", 0.31, "drift")}}
+    worker = {"worker": "host-1:4242:abc123", "group": "featurestream-worker", "started_at": 0, "every_s": 5.0,
+              "updated_at": time.time_ns() // 1_000_000, "events_per_s": 9.6, "events": 1200, "dead_letters": 30,
+              "partitions": [{"source": "transactions", "partition": p, "next_offset": 300, "lag": p} for p in (0, 1)]}
     with redis.Redis.from_url(str(settings.redis)) as client:
         client.set(LiveKeys("fs").monitor("fraud_detection"), orjson.dumps(report))
+        client.hset(KeyLayout("fs").workers_key, "host-1:4242:abc123", orjson.dumps(worker))
 
 
 def test_dashboard_shows_views_freshness_and_model_versions(api_url: str, tmp_path: Path) -> None:
@@ -120,6 +125,10 @@ def test_dashboard_shows_views_freshness_and_model_versions(api_url: str, tmp_pa
             assert page.locator("#latency-chart canvas").count() >= 1, "the latency chart is drawn"
             served = page.inner_text('#served tr[data-feature="user_spend:txn_count_1h"]')
             assert re.search(r"\d+\.\d %", served), served
+            worker = page.inner_text('#workers tr[data-worker="host-1:4242:abc123"]')
+            assert "transactions:1 (1)" in worker
+            assert "ok" in worker
+            assert page.inner_text('#workers tr[data-worker="host-1:4242:abc123"] td.lag') == "1"
             drift = page.inner_text("#drift")
             assert "user_spend__txn_count_5m" in drift
             assert "drift" in drift

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import redis
 import redis.asyncio as aioredis
 
 from feature_store.aggregates import NO_ORDER
@@ -20,6 +21,7 @@ from feature_store.online import KeyLayout, OnlineReader, partition_for
 from feature_store.online.client import OnlineClient, open_online
 from feature_store.publish import EventPublisher
 from feature_store.settings import Settings
+from feature_store.worker_reports import read_reports
 from streams.materializer import Materializer, MaterializerConfig
 from tests import oracle
 from tests.streams.support import (
@@ -174,13 +176,21 @@ def _lag_partitions(materializer: Materializer) -> set[str]:
     return {sample.labels["partition"] for metric in materializer.metrics.lag.collect() for sample in metric.samples}
 
 
-async def test_lag_is_reported_only_for_the_partitions_a_worker_holds(settings: Settings, unique: str) -> None:
-    """Each worker reports lag for the partitions it holds; when a second worker joins and takes some, the
-    first stops reporting them (a kept gauge would read as a partition stuck at its last lag), and a
-    stopped worker reports none."""
+def _reported(settings: Settings, unique: str) -> dict[str, set[int]]:
+    """Per worker, the partitions its status report in Redis says it holds."""
+    assert settings.redis is not None
+    with redis.Redis.from_url(settings.redis) as client:
+        reports = read_reports(client, KeyLayout(f"t{unique}"), time.time_ns() // 1_000_000)
+    return {r["worker"]: {p["partition"] for p in r["partitions"]} for r in reports}
+
+
+async def test_lag_and_reports_cover_only_the_partitions_a_worker_holds(settings: Settings, unique: str) -> None:
+    """Each worker reports lag for the partitions it holds, in its gauges and in its status report in Redis;
+    when a second worker joins and takes some, the first stops reporting them (a kept gauge would read as a
+    partition stuck at its last lag), and a stopped worker reports none and withdraws its report."""
     repo = events_repo(f"lag-{unique}", partitions=4)
-    first = Materializer(config(settings, unique), repo)
-    second = Materializer(config(settings, unique), repo)
+    first = Materializer(config(settings, unique, report_every_s=0.2), repo)
+    second = Materializer(config(settings, unique, report_every_s=0.2), repo)
     await first.start()
     task = asyncio.create_task(first.run())
     try:
@@ -201,13 +211,17 @@ async def test_lag_is_reported_only_for_the_partitions_a_worker_holds(settings: 
             held = {str(tp.partition) for tp in first._parts}
             assert 0 < len(held) < 4
             assert _lag_partitions(first) == held
+            assert _reported(settings, unique) == {first.name: {tp.partition for tp in first._parts},
+                                                   second.name: {tp.partition for tp in second._parts}}
         finally:
             second.request_stop()
             await other
             await second.stop()
         assert not _lag_partitions(second)
+        assert set(_reported(settings, unique)) == {first.name}, "a stopped worker withdraws its report"
     finally:
         first.request_stop()
         await task
         await first.stop()
     assert not _lag_partitions(first)
+    assert _reported(settings, unique) == {}

@@ -55,12 +55,17 @@ function version(v, fingerprint) {
 function statusClass(status) {
   const s = String(status ?? "unknown").toLowerCase();
   return ["ok", "stable", "none", "no_drift"].includes(s) ? "ok"
-    : ["warning", "warn"].includes(s) ? "warn" : ["drift", "drifting", "alert", "bad"].includes(s) ? "bad" : "";
+    : ["warning", "warn"].includes(s) ? "warn" : ["drift", "drifting", "alert", "bad", "stale"].includes(s) ? "bad" : "";
 }
 
 function badge(status) {
   const cls = statusClass(status);
   return `<span class="badge ${cls}">${esc(status ?? "unknown")}</span>`;
+}
+
+// A worker's lag: the sum over the partitions it holds whose highwater it has seen.
+function lagOf(worker) {
+  return worker.partitions.reduce((a, p) => a + (p.lag || 0), 0);
 }
 
 function renderCards(doc) {
@@ -76,6 +81,9 @@ function renderCards(doc) {
     ["late", num(sum("late"), 0)],
     ["dead letters", num(sum("invalid"), 0)],
     ["model versions", doc.models.length],
+    ["stream workers", `${doc.workers.filter((w) => !w.stale).length}` +
+      (doc.workers.some((w) => w.stale) ? ` <span class="fresh-bad">+${doc.workers.filter((w) => w.stale).length} stale</span>` : "")],
+    ["consumer lag (events)", num(doc.workers.filter((w) => !w.stale).reduce((a, w) => a + lagOf(w), 0), 0)],
   ];
   document.getElementById("cards").innerHTML = cards.map(([label, value]) =>
     `<div class="card"><div class="label">${esc(label)}</div><div class="value">${value}</div></div>`).join("");
@@ -96,6 +104,12 @@ function render(doc) {
     <td>${esc(s.kind)}</td><td class="num">${num(s.applied, 0)}</td><td class="num">${num(s.late, 0)}</td>
     <td class="num">${num(s.invalid, 0)}</td><td class="num">${num(s.events_per_s)}</td>
     <td class="num ${freshClass(s.freshness_s, s.kind)}">${age(s.freshness_s)}</td></tr>`, "no sources");
+  rows("workers", doc.workers, (w) => `<tr data-worker="${esc(w.worker)}"><td class="mono">${esc(w.worker)}</td>
+    <td>${esc(w.group)}</td><td>${tags(w.partitions.map((p) => `${p.source}:${p.partition} (${p.lag ?? "?"})`))}</td>
+    <td class="num lag">${num(lagOf(w), 0)}</td><td class="num">${num(w.events_per_s)}</td>
+    <td class="num">${num(w.events, 0)}</td><td class="num">${num(w.dead_letters, 0)}</td>
+    <td>${age(w.age_s)} ago ${w.stale ? badge("stale") : badge("ok")}</td></tr>`,
+  "no stream worker reporting (start `featurestream worker`)");
   rows("drift", doc.drift, (d) => `<tr><td>${esc(d.feature)}</td><td>${badge(d.status)}</td>
     <td class="num">${num(d.score, 3)}</td><td>${tags(d.detail)}</td></tr>`, "no drift data yet");
   // this API process's answers per version over the last minute, and how many its fallback gave
