@@ -20,7 +20,7 @@ import orjson
 
 from feature_store.online.keys import KeyLayout
 
-__all__ = ["FORGET_AFTER_S", "read_reports", "worker_name"]
+__all__ = ["FORGET_AFTER_S", "read_reports", "withdraw_report", "worker_name", "write_report"]
 
 FORGET_AFTER_S = 600.0
 """A report this old is deleted by the next reader: its worker is gone."""
@@ -29,6 +29,16 @@ FORGET_AFTER_S = 600.0
 def worker_name() -> str:
     """host:pid:random, unique even for several workers in one process."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+async def write_report(client: Any, keys: KeyLayout, report: dict[str, Any]) -> None:
+    """Store a worker's report (async client); it must hold `worker`, `updated_at` (epoch ms) and `every_s`."""
+    await client.hset(keys.workers_key, report["worker"], orjson.dumps(report))
+
+
+async def withdraw_report(client: Any, keys: KeyLayout, worker: str) -> None:
+    """Remove a stopping worker's report: it is not shown as stale."""
+    await client.hdel(keys.workers_key, worker)
 
 
 def read_reports(client: Any, keys: KeyLayout, now_ms: int) -> list[dict[str, Any]]:

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pyarrow as pa
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -45,7 +44,7 @@ from feature_store.online.keys import KeyLayout
 from feature_store.online.writer import NO_OFFSET, OnlineWriter, PartitionBatch
 from feature_store.publish import ensure_topics
 from feature_store.repo import FeatureRepo
-from feature_store.worker_reports import worker_name
+from feature_store.worker_reports import withdraw_report, worker_name, write_report
 from schemas import now_ms
 from schemas.event_schema import TableValidation
 from streams.batch import APPLIED, INVALID, LATE, Classified, applied_table, classify, log_schema, log_table
@@ -585,13 +584,13 @@ class Materializer:
             rate = (events - counted) / (now - before) if now > before else 0.0
             before, counted = now, events
             try:
-                await self._redis.hset(self.keys.workers_key, self.name, orjson.dumps(self.report(rate)))
+                await write_report(self._redis, self.keys, self.report(rate))
             except (RedisError, OSError) as exc:
                 log.debug("status report not written", error=type(exc).__name__)
             await asyncio.sleep(self.config.report_every_s)
 
     async def _withdraw_report(self) -> None:
-        """Stop reporting and remove the report: a stopped worker is not shown as stale."""
+        """Stop reporting and remove the report."""
         task, self._reporting = self._reporting, None
         if task is None:
             return
@@ -600,7 +599,7 @@ class Materializer:
             await task
         if self._redis is not None:
             with contextlib.suppress(RedisError, OSError):
-                await self._redis.hdel(self.keys.workers_key, self.name)
+                await withdraw_report(self._redis, self.keys, self.name)
 
     def _update_lag(self) -> None:
         if self._consumer is None:
