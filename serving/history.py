@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 from serving.telemetry import Metrics
@@ -100,21 +101,22 @@ class ServingHistory:
         [time s, p50 ms, p99 ms, requests/s] per copy interval over the window; per served feature values/s,
         the share of each status and the age p50/p99 (seconds); per model version predictions/s and the share
         its fallback answered."""
+        copies = list(self._copies)  # one C-level copy: the loop's thread appends while a dashboard thread reads
         now = self._copy()
-        base = next((c for c in self._copies if c.at >= now.at - last_s - self.bucket_s / 2), self._copies[-1])
+        base = next((c for c in copies if c.at >= now.at - last_s - self.bucket_s / 2), copies[-1])
         elapsed = max(now.at - base.at, 1e-9)
         return {"scope": f"this API process (pid {os.getpid()})", "last_s": last_s, "bucket_s": self.bucket_s,
-                "routes": self._routes(now, base, elapsed), "features": self._features(now, base, elapsed),
+                "routes": self._routes(copies, now, base, elapsed), "features": self._features(now, base, elapsed),
                 "models": self._models(now, base, elapsed)}
 
-    def _routes(self, now: _Copy, base: _Copy, elapsed: float) -> list[dict[str, Any]]:
+    def _routes(self, copies: list[_Copy], now: _Copy, base: _Copy, elapsed: float) -> list[dict[str, Any]]:
         bounds = self._metrics.request_seconds.bounds
         out = []
         for name in sorted(now.routes, key=_route_order):
             width = len(now.routes[name])
             recent = _minus(now.routes[name], base.routes.get(name), width)
             series = []
-            for before, after in zip(self._copies, list(self._copies)[1:], strict=False):
+            for before, after in pairwise(copies):
                 counts = _minus(after.routes.get(name), before.routes.get(name), width)[:-1]
                 series.append([round(after.at, 3), _ms(bucket_quantile(bounds, counts, 0.5)),
                                _ms(bucket_quantile(bounds, counts, 0.99)),

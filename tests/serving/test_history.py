@@ -4,6 +4,8 @@ latencies, routes, statuses, served values and intervals; and on the real app wi
 from __future__ import annotations
 
 import math
+import sys
+import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
@@ -217,3 +219,29 @@ def test_the_dashboard_shows_routes_redis_and_served_features(client: TestClient
     assert sum(amount["share"].values()) == pytest.approx(1.0)
     assert 1 <= amount["age_p99_s"] <= 5, "u1's value is ~2 s old: in the (1 s, 5 s] age bucket"
     assert served["spend:count_1h"]["share"]["present"] + served["spend:count_1h"]["share"]["default"] == 1.0
+
+
+def test_a_summary_read_while_the_loop_copies_the_tallies() -> None:
+    """The dashboard route runs in a worker thread while the event loop's thread appends copies."""
+    metrics = Metrics()
+    metrics.observe_request("/v1/features", "POST", 200, 0.001)
+    history = ServingHistory(metrics, bucket_s=1.0, window_s=5_000.0)
+    for _ in range(2_000):
+        history.snapshot()
+    done = threading.Event()
+
+    def copy_on() -> None:
+        while not done.is_set():
+            history.snapshot()
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    thread = threading.Thread(target=copy_on)
+    thread.start()
+    try:
+        for _ in range(10):
+            assert history.summary()["routes"][0]["name"] == "POST /v1/features"
+    finally:
+        done.set()
+        thread.join()
+        sys.setswitchinterval(switch)
