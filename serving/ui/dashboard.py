@@ -57,7 +57,8 @@ def build_summary(
     gaps = list(missing)
     doc: dict[str, Any] = {"generated_at": now, "views": [], "services": [], "sources": [], "models": [],
                            "drift": [], "workers": [], "serving": None, "missing": gaps}
-    _optional(doc, "serving", serving)  # what the API served: shown before any apply too
+    _optional(doc, "serving", serving)  # what the API served and the workers run: shown before any apply too
+    _optional(doc, "workers", workers)
     if repo is None:
         gaps.append("feature registry: no repo applied yet (run `featurestream apply`)")
         return doc
@@ -95,7 +96,6 @@ def build_summary(
         })
     _optional(doc, "models", models)
     _optional(doc, "drift", drift)
-    _optional(doc, "workers", workers)
     return doc
 
 

@@ -111,6 +111,7 @@ def test_summary_before_any_apply_names_what_is_missing(client: TestClient) -> N
     body = client.get("/v1/dashboard").json()
     assert body["views"] == []
     assert any("featurestream apply" in m for m in body["missing"])
+    assert (body["workers"], body["serving"]) == ([], None), "no Redis to read reports from, no serving app"
 
 
 def test_summary_counts_freshness_versions_and_models(client: TestClient, offline_settings: Settings) -> None:
