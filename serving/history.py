@@ -20,7 +20,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
 from typing import Any
 
@@ -76,7 +76,14 @@ def bucket_quantile(bounds: Sequence[float], counts: Sequence[float], q: float) 
 
 
 class ServingHistory:
-    """Copies of the serving tallies every `bucket_s`, kept for `window_s`; `summary()` for the dashboard."""
+    """Copies of the serving tallies every `bucket_s`, kept for `window_s`; `summary()` for the dashboard.
+
+    Only the routes are charted over the whole window; the per-feature and per-model parts of a copy (a
+    deployment may serve hundreds of features) are dropped once it is older than `RECENT_S`.
+    """
+
+    RECENT_S = 120.0
+    """How far back `summary(last_s)` may look for features and models."""
 
     def __init__(self, metrics: Metrics, *, bucket_s: float = 10.0, window_s: float = 900.0,
                  clock: Callable[[], float] = time.time) -> None:
@@ -84,11 +91,16 @@ class ServingHistory:
         self.bucket_s = bucket_s
         self._clock = clock
         self._copies: deque[_Copy] = deque(maxlen=int(window_s // bucket_s) + 1)
+        self._full = int(self.RECENT_S // bucket_s) + 4  # the newest copies kept whole: RECENT_S and 2 buckets
         self.snapshot()
 
     def snapshot(self) -> None:
         """Copy the tallies now (the app's lifespan calls this every `bucket_s`)."""
         self._copies.append(self._copy())
+        if len(self._copies) > self._full:
+            old = self._copies[-self._full - 1]
+            if old.statuses or old.ages or old.predictions:
+                self._copies[-self._full - 1] = replace(old, statuses={}, ages={}, predictions={})
 
     async def run(self) -> None:
         """Snapshot every `bucket_s` until cancelled."""
@@ -100,7 +112,8 @@ class ServingHistory:
         """Over the last `last_s`: per route (and the Redis read) requests/s, p50/p99 and 5xx, with a series of
         [time s, p50 ms, p99 ms, requests/s] per copy interval over the window; per served feature values/s,
         the share of each status and the age p50/p99 (seconds); per model version predictions/s and the share
-        its fallback answered."""
+        its fallback answered. `last_s` is at most `RECENT_S`."""
+        assert last_s <= self.RECENT_S, "features and models are kept for RECENT_S"
         copies = list(self._copies)  # one C-level copy: the loop's thread appends while a dashboard thread reads
         now = self._copy()
         base = next((c for c in copies if c.at >= now.at - last_s - self.bucket_s / 2), copies[-1])

@@ -125,13 +125,13 @@ def test_history_matches_the_observations_per_route_and_interval(
         assert routes[REDIS_READ]["series"][0][3] == pytest.approx(len(reads) / 10.0)
 
 
-served = st.tuples(st.integers(min_value=0, max_value=8), st.sampled_from(["a:x", "b:y"]),
+served = st.tuples(st.integers(min_value=0, max_value=25), st.sampled_from(["a:x", "b:y"]),
                   st.fixed_dictionaries({status: st.integers(min_value=0, max_value=5) for status in STATUSES}),
                   st.one_of(st.none(), st.integers(min_value=-5_000, max_value=40 * 86_400_000)))
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(served, max_size=80), st.integers(min_value=1, max_value=9))
+@given(st.lists(served, max_size=80), st.integers(min_value=1, max_value=25))  # older copies slimmed from 16
 def test_served_features_match_the_observations(
         observations: list[tuple[int, str, dict[str, int], int | None]], intervals: int) -> None:
     def observe(metrics: Metrics, interval: int) -> None:
@@ -161,12 +161,13 @@ def test_served_features_match_the_observations(
             assert got["age_p50_s"] is None
 
 
-answered = st.tuples(st.integers(min_value=0, max_value=8), st.sampled_from([("fraud", 1), ("fraud", 2), ("churn", 1)]),
-                    st.booleans(), st.integers(min_value=0, max_value=50))
+answered = st.tuples(st.integers(min_value=0, max_value=25),
+                    st.sampled_from([("fraud", 1), ("fraud", 2), ("churn", 1)]), st.booleans(),
+                    st.integers(min_value=0, max_value=50))
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(answered, max_size=60), st.integers(min_value=1, max_value=9))
+@given(st.lists(answered, max_size=60), st.integers(min_value=1, max_value=25))
 def test_predictions_per_model_version_match_the_observations(
         observations: list[tuple[int, tuple[str, int], bool, int]], intervals: int) -> None:
     def observe(metrics: Metrics, interval: int) -> None:
