@@ -134,6 +134,9 @@ def test_dashboard_shows_views_freshness_and_model_versions(api_url: str, tmp_pa
             assert "drift" in drift
             assert page.locator("#drift-chart rect").count() == 2
             page.screenshot(path=str(shot), full_page=True)
+            # a drawn chart whose data runs out (e.g. no events for 15 minutes) gives way to its empty text
+            page.evaluate("timeChart('latency-chart', 'ms', [], [1, 2], ['p50', 'p99'], 'nothing to chart')")
+            assert page.inner_text("#latency-chart") == "nothing to chart"
         finally:
             browser.close()
     assert errors == []

@@ -155,7 +155,7 @@ function timeChart(id, title, sources, pick, labels, emptyText) {
   const key = series.map((s) => s.label).join("|");
   const width = Math.max(el.clientWidth, 300);
   if (!data[0].length) {
-    if (charts[id]) { charts[id].destroy(); delete charts[id]; }
+    if (charts[id]) { charts[id].plot.destroy(); delete charts[id]; }
     el.innerHTML = `<p class="muted">${esc(emptyText)}</p>`;
     return;
   }
@@ -177,7 +177,7 @@ function renderTimeCharts(doc) {
   timeChart("freshness-chart", "seconds", streams, [1, 2], ["p50", "max"], quiet);
   timeChart("throughput-chart", "events/s", streams, [3], ["events/s"], quiet);
   const routes = doc.serving ? doc.serving.routes : [];
-  const idle = "no requests since this API process started";
+  const idle = "no requests charted yet: a point closes every interval";
   timeChart("latency-chart", "ms", routes, [1, 2], ["p50", "p99"], idle);
   timeChart("requests-chart", "requests/s", routes, [3], ["requests/s"], idle);
 }
