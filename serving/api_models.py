@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -42,9 +42,14 @@ class FeaturesRequest(_Strict):
         return self
 
 
+ServedStatus = Literal["present", "default", "stale", "missing"]
+SERVED_STATUSES: tuple[str, ...] = get_args(ServedStatus)
+"""A served value's statuses, in the order the dashboard lists them."""
+
+
 class FeatureValueOut(BaseModel):
     value: Any = None
-    status: Literal["present", "default", "stale", "missing"]
+    status: ServedStatus
     age_ms: int | None = Field(default=None, description="Read time minus the newest event time behind the value.")
 
 

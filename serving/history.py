@@ -24,9 +24,10 @@ from dataclasses import dataclass, replace
 from itertools import pairwise
 from typing import Any
 
+from serving.api_models import SERVED_STATUSES as STATUSES
 from serving.telemetry import Metrics
 
-__all__ = ["REDIS_READ", "STATUSES", "UNWATCHED_ROUTES", "ServingHistory", "bucket_quantile"]
+__all__ = ["REDIS_READ", "UNWATCHED_ROUTES", "ServingHistory", "bucket_quantile"]
 
 UNWATCHED_ROUTES = frozenset({"/ui", "/ui/", "/ui/static/{name}", "/v1/dashboard", "/metrics", "/healthz", "/readyz",
                               "unmatched"})
@@ -34,9 +35,6 @@ UNWATCHED_ROUTES = frozenset({"/ui", "/ui/", "/ui/static/{name}", "/v1/dashboard
 
 REDIS_READ = "online read (Redis)"
 """The name of the online read's series: one pipelined round trip plus decoding, inside the feature routes."""
-
-STATUSES = ("present", "default", "stale", "missing")
-"""A served value's statuses (`serving.api_models.FeatureValue`)."""
 
 _Counts = dict[str, list[float]]
 

@@ -561,10 +561,8 @@ class Materializer:
         highwater), and its counts."""
         partitions = []
         for tp, part in sorted(self._parts.items(), key=lambda item: (item[0].topic, item[0].partition)):
-            highwater = None if self._consumer is None else self._consumer.highwater(tp)
             partitions.append({"source": part.source.source.name, "partition": tp.partition,
-                               "next_offset": part.next_offset,
-                               "lag": None if highwater is None else max(0, highwater - part.next_offset)})
+                               "next_offset": part.next_offset, "lag": self._lag(tp, part)})
         return {"worker": self.name, "group": self.config.group_id, "sources": sorted(
                     src.source.name for src in self._sources.values()),
                 "started_at": self._started_ms, "updated_at": now_ms(), "every_s": self.config.report_every_s,
@@ -611,9 +609,14 @@ class Materializer:
                 log.error("the topic ends before the stored offset: it was recreated; events up to the stored "
                           "offset are skipped. Use a new FEATURESTREAM_ONLINE_PREFIX (or flush the old keys)",
                           topic=tp.topic, partition=tp.partition, highwater=highwater, stored=part.redis_offset)
-            if highwater is not None:
-                self.metrics.lag.labels(part.source.source.name, str(tp.partition)).set(
-                    max(0, highwater - part.next_offset))
+            lag = self._lag(tp, part)
+            if lag is not None:
+                self.metrics.lag.labels(part.source.source.name, str(tp.partition)).set(lag)
+
+    def _lag(self, tp: TopicPartition, part: _Partition) -> int | None:
+        """Fetch highwater minus the next offset to process; None before the first fetch of the partition."""
+        highwater = None if self._consumer is None else self._consumer.highwater(tp)
+        return None if highwater is None else max(0, highwater - part.next_offset)
 
 
 def _total(counter: Any) -> float:

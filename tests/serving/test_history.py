@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from serving.history import REDIS_READ, STATUSES, ServingHistory, bucket_quantile
+from serving.api_models import SERVED_STATUSES as STATUSES
+from serving.history import REDIS_READ, ServingHistory, bucket_quantile
 from serving.telemetry import Metrics
 from tests.serving.conftest import OnlineWriter, last
 

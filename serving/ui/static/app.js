@@ -73,6 +73,8 @@ function renderCards(doc) {
   const rate = streams.reduce((a, s) => a + (s.events_per_s || 0), 0);
   const fresh = streams.map((s) => s.freshness_s).filter((v) => v !== null && v !== undefined);
   const sum = (key) => streams.reduce((a, s) => a + (s[key] || 0), 0);
+  const live = doc.workers.filter((w) => !w.stale);
+  const stale = doc.workers.length - live.length;
   const cards = [
     ["feature views", doc.views.length],
     ["events/s (last min)", num(rate)],
@@ -81,9 +83,8 @@ function renderCards(doc) {
     ["late", num(sum("late"), 0)],
     ["dead letters", num(sum("invalid"), 0)],
     ["model versions", doc.models.length],
-    ["stream workers", `${doc.workers.filter((w) => !w.stale).length}` +
-      (doc.workers.some((w) => w.stale) ? ` <span class="fresh-bad">+${doc.workers.filter((w) => w.stale).length} stale</span>` : "")],
-    ["consumer lag (events)", num(doc.workers.filter((w) => !w.stale).reduce((a, w) => a + lagOf(w), 0), 0)],
+    ["stream workers", `${live.length}` + (stale ? ` <span class="fresh-bad">+${stale} stale</span>` : "")],
+    ["consumer lag (events)", num(live.reduce((a, w) => a + lagOf(w), 0), 0)],
   ];
   document.getElementById("cards").innerHTML = cards.map(([label, value]) =>
     `<div class="card"><div class="label">${esc(label)}</div><div class="value">${value}</div></div>`).join("");
